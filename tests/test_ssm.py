@@ -1,0 +1,140 @@
+"""S5 layers and the SSM stack: parallel mode equals step mode, with resets, in values and gradients."""
+
+import numpy as np
+import pytest
+import torch
+
+from world_model.ssm import S5Layer, SSMStack, hippo_normal
+
+
+def random_resets(B, T, prob, gen):
+    is_first = torch.rand(B, T, generator=gen) < prob
+    is_first[:, 0] = True
+    return is_first
+
+
+def run_steps(module, u, is_first, x_prev):
+    ys, xs = [], []
+    x = x_prev
+    for t in range(u.shape[1]):
+        y, x = module.step(u[:, t], is_first[:, t], x)
+        ys.append(y)
+        xs.append(x)
+    return torch.stack(ys, 1), torch.stack(xs, 1)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
+
+
+def make_stack(discretization, learn_init, scan, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    stack = SSMStack(
+        hidden=12,
+        state_size=8,
+        layers=2,
+        blocks=2,
+        discretization=discretization,
+        learn_initial_state=learn_init,
+        scan=scan,
+    ).to(dtype)
+    if learn_init:
+        with torch.no_grad():
+            for block in stack.layers:
+                block.ssm.x_init.normal_()
+    return stack
+
+
+def test_hippo_normal_eigenvalues():
+    lam, V = hippo_normal(16)
+    np.testing.assert_allclose(lam.real, -0.5)
+    np.testing.assert_allclose(V.conj().T @ V, np.eye(16), atol=1e-10)
+    assert len(np.unique(np.round(lam.imag, 6))) == 16
+
+
+@pytest.mark.parametrize("discretization", ["bilinear", "zoh"])
+@pytest.mark.parametrize("scan", ["chunked", "associative", "loop"])
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 20), (2, 65)])
+def test_parallel_equals_step(discretization, scan, B, T):
+    stack = make_stack(discretization, learn_init=True, scan=scan)
+    gen = torch.Generator().manual_seed(T)
+    u = torch.randn(B, T, 12, generator=gen, requires_grad=True)
+    is_first = random_resets(B, T, 0.15, gen)
+    x_prev = (
+        stack.initial_state(B) + torch.randn(B, 2, 8, dtype=torch.complex64, generator=gen)
+    ).requires_grad_()
+    y_par, x_par = stack(u, is_first, x_prev)
+    y_step, x_step = run_steps(stack, u, is_first, x_prev)
+    assert y_par.shape == (B, T, 12) and x_par.shape == (B, T, 2, 8) and x_par.dtype == torch.complex64
+    assert rel_err(y_par, y_step) < 1e-5
+    assert rel_err(x_par, x_step) < 1e-5
+
+    cot_y = torch.randn(B, T, 12, generator=gen)
+    cot_x = torch.randn(B, T, 2, 8, dtype=torch.complex64, generator=gen)
+    params = [p for p in stack.parameters()]
+    inputs = [u, x_prev, *params]
+
+    def grads(y, x):
+        loss = (y * cot_y).sum() + (x * cot_x).real.sum()
+        return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+    for g_par, g_step, name in zip(
+        grads(y_par, x_par), grads(y_step, x_step), ["u", "x_prev"] + [n for n, _ in stack.named_parameters()]
+    ):
+        if g_step is None:
+            assert g_par is None or g_par.abs().max() == 0, name
+            continue
+        assert rel_err(g_par, g_step) < 1e-5, f"gradient of {name} differs: {rel_err(g_par, g_step):.2e}"
+
+
+def test_reset_gives_fresh_sequence_states():
+    """States after an is_first equal those of a fresh sequence that starts there."""
+    stack = make_stack("bilinear", learn_init=True, scan="chunked")
+    gen = torch.Generator().manual_seed(1)
+    B, T, cut = 2, 30, 11
+    u = torch.randn(B, T, 12, generator=gen)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = is_first[:, cut] = True
+    x_prev = torch.randn(B, 2, 8, dtype=torch.complex64, generator=gen)
+    y, x = stack(u, is_first, x_prev)
+    y_fresh, x_fresh = stack(u[:, cut:], is_first[:, cut:], stack.initial_state(B))
+    torch.testing.assert_close(y[:, cut:], y_fresh, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x[:, cut:], x_fresh, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("discretization", ["bilinear", "zoh"])
+def test_gradcheck_layer_float64(discretization):
+    torch.manual_seed(0)
+    layer = S5Layer(3, 4, blocks=2, discretization=discretization, learn_initial_state=True).double()
+    with torch.no_grad():
+        layer.x_init.normal_()
+    u = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    is_first = torch.tensor(
+        [[True, False, False, True, False, False], [False, False, True, False, False, False]]
+    )
+    x_prev = torch.randn(2, 4, dtype=torch.complex128, requires_grad=True)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+
+    def fn(u, x_prev, *ps):
+        y, x = torch.func.functional_call(layer, dict(zip(names, ps)), (u, is_first, x_prev))
+        return y, torch.view_as_real(x)
+
+    torch.autograd.gradcheck(fn, (u, x_prev, *params))
+
+
+def test_step_sizes_and_stability():
+    layer = S5Layer(4, 8, dt_min=1e-3, dt_max=1e-1)
+    dt = layer.log_dt.exp()
+    assert (dt >= 1e-3 - 1e-9).all() and (dt <= 1e-1 + 1e-9).all()
+    for disc in ("bilinear", "zoh"):
+        layer.discretization = disc
+        lam_bar, B_bar = layer.discretize()
+        assert lam_bar.abs().max() < 1, "a discretised stable system contracts"
+        assert B_bar.shape == (8, 4) and B_bar.is_complex()
+
+
+def test_zero_initial_state_is_a_buffer():
+    layer = S5Layer(4, 8)
+    assert "x_init" not in dict(layer.named_parameters())
+    assert torch.equal(layer.initial_state(3), torch.zeros(3, 8, dtype=torch.complex64))

@@ -1,0 +1,240 @@
+"""S5 layers and the stack of SSM blocks used by the S3M world model (DESIGN.md §3).
+
+Each layer has two modes that compute the same numbers:
+
+- `forward(u, is_first, x_prev)`: the whole sequence at once through the reset-aware linear
+  recurrence of `world_model.scan` (training, observing replayed sequences);
+- `step(u, is_first, x_prev)`: one time step carrying the state (acting, imagining).
+
+The S5 layer (Smith et al., 2023) is MIMO with a diagonal complex state of size P:
+
+    x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,      y_t = Re(C̃ x_t) + D ⊙ u_t
+
+with Λ̄, B̄ the zero-order-hold or bilinear discretisation of the continuous (Λ, B̃) with a learned
+per-state step size Δ. At an episode's first step the incoming state is replaced by `x_init`
+(zeros, or learned), which the recurrence sees as the affine map `x -> 0·x + (Λ̄ x_init + B̄ u_t)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from world_model.scan import linear_recurrence
+
+
+def hippo_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of the normal part of HiPPO-LegS (HiPPO-N), the S5 initialisation.
+
+    HiPPO-LegS is A_nk = -sqrt(2n+1) sqrt(2k+1) for n > k, -(n+1) for n = k, 0 above. Adding
+    P P^T with P_n = sqrt(n + 1/2) leaves a normal matrix: -1/2 on the diagonal plus a skew-symmetric
+    part, so its eigenvalues are -1/2 + i ω with ω from the Hermitian matrix -i·skew.
+
+    Returns:
+        lam: (n,) complex128 eigenvalues; V: (n, n) complex128 unitary eigenvectors.
+    """
+    q = np.sqrt(1 + 2 * np.arange(n))
+    A = -np.tril(np.outer(q, q), k=-1) - np.diag(np.arange(n) + 1.0)
+    p = np.sqrt(np.arange(n) + 0.5)
+    normal = A + np.outer(p, p)
+    skew = normal - np.diag(np.diag(normal))
+    omega, V = np.linalg.eigh(-1j * skew)
+    lam = np.diag(normal).mean() + 1j * omega
+    return lam, V
+
+
+class S5Layer(nn.Module):
+    """One S5 layer: H real channels in and out, P complex states.
+
+    Args:
+        hidden: H, the input and output width.
+        state_size: P, the number of complex states.
+        blocks: HiPPO-N blocks on the diagonal at initialisation (P must divide by it).
+        discretization: `bilinear` or `zoh`.
+        dt_min, dt_max: range of the log-uniform initialisation of Δ.
+        learn_initial_state: learn x_init (otherwise it stays zero).
+        scan: implementation of the recurrence (`auto`, `chunked`, `associative`, `loop`).
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        state_size: int,
+        blocks: int = 1,
+        discretization: str = "bilinear",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        learn_initial_state: bool = False,
+        scan: str = "auto",
+    ):
+        super().__init__()
+        assert state_size % blocks == 0, f"state_size {state_size} must divide into {blocks} HiPPO blocks"
+        assert discretization in ("bilinear", "zoh"), f"unknown discretization {discretization!r}"
+        self.hidden, self.state_size = hidden, state_size
+        self.discretization, self.scan = discretization, scan
+        H, P = hidden, state_size
+
+        lam, V = hippo_normal(P // blocks)
+        lam = np.tile(lam, blocks)
+        V = np.kron(np.eye(blocks), V)  # block-diagonal eigenvectors, (P, P)
+        self.lam_re = nn.Parameter(torch.tensor(lam.real, dtype=torch.float32))
+        self.lam_im = nn.Parameter(torch.tensor(lam.imag, dtype=torch.float32))
+        V = torch.tensor(V, dtype=torch.complex128)
+        # B̃ = V^-1 B with B LeCun-normal (fan-in H); V is unitary so V^-1 = V^H.
+        B_tilde = V.conj().T @ (torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)).to(V.dtype)
+        self.B_re = nn.Parameter(B_tilde.real.float())
+        self.B_im = nn.Parameter(B_tilde.imag.float())
+        # C̃ = C V with C complex normal of variance 1/P, so y starts at unit scale.
+        C_tilde = (torch.randn(H, P, dtype=torch.complex128) / math.sqrt(P)) @ V
+        self.C_re = nn.Parameter(C_tilde.real.float())
+        self.C_im = nn.Parameter(C_tilde.imag.float())
+        self.D = nn.Parameter(torch.randn(H))
+        log_dt = torch.rand(P) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        init = torch.zeros(P, 2)
+        self.x_init = nn.Parameter(init) if learn_initial_state else nn.Buffer(init)
+
+    def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Λ̄ (P,) complex and B̄ (P, H) complex from the continuous parameters."""
+        # Re(Λ) < 0 keeps the discrete system stable whatever the optimiser does (S5's clip_eigs).
+        lam = torch.complex(self.lam_re.clamp(max=-1e-4), self.lam_im)
+        dt = self.log_dt.exp()
+        B = torch.complex(self.B_re, self.B_im)
+        if self.discretization == "zoh":
+            lam_bar = torch.exp(lam * dt)
+            B_bar = ((lam_bar - 1) / lam)[:, None] * B
+        else:
+            inv = 1 / (1 - dt * lam / 2)
+            lam_bar = inv * (1 + dt * lam / 2)
+            B_bar = (inv * dt)[:, None] * B
+        return lam_bar, B_bar
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """x_init repeated: (B, P) complex64."""
+        return torch.view_as_complex(self.x_init.contiguous()).expand(batch_size, -1).clone()
+
+    def _input(self, u: torch.Tensor, B_bar: torch.Tensor) -> torch.Tensor:
+        """B̄ u for real u (..., H) -> (..., P) complex, as one real matmul."""
+        W = torch.view_as_real(B_bar).permute(1, 0, 2).reshape(self.hidden, 2 * self.state_size)
+        out = (u @ W).reshape(*u.shape[:-1], self.state_size, 2)  # (..., P, 2)
+        return torch.view_as_complex(out)
+
+    def _output(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Re(C̃ x) + D ⊙ u for complex x (..., P) -> (..., H), as one real matmul."""
+        W = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(self.hidden, 2 * self.state_size)
+        xr = torch.view_as_real(x).reshape(*x.shape[:-1], 2 * self.state_size)  # (..., 2P)
+        return xr @ W.T + self.D * u
+
+    def forward(
+        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parallel mode.
+
+        Args:
+            u: (B, T, H) float32 inputs.
+            is_first: (B, T) bool, True where the state restarts from x_init.
+            x_prev: (B, P) complex64, the state before the first step.
+
+        Returns:
+            y: (B, T, H) float32 outputs; x: (B, T, P) complex64 states after every step.
+        """
+        lam_bar, B_bar = self.discretize()
+        b = self._input(u, B_bar)  # (B, T, P)
+        x_init = torch.view_as_complex(self.x_init.contiguous())
+        # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
+        b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
+        x = linear_recurrence(lam_bar, ~is_first, b, x_prev, self.scan)
+        return self._output(x, u), x
+
+    def step(
+        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step mode: u (B, H) float32, is_first (B,) bool, x_prev (B, P) complex64 -> y (B, H), x (B, P)."""
+        lam_bar, B_bar = self.discretize()
+        x_init = torch.view_as_complex(self.x_init.contiguous())
+        x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
+        x = lam_bar * x_prev + self._input(u, B_bar)
+        return self._output(x, u), x
+
+
+class SSMBlock(nn.Module):
+    """u -> S5 -> GELU -> GLU -> dropout -> + u -> LayerNorm (post-norm, as in R2I)."""
+
+    def __init__(self, hidden: int, state_size: int, dropout: float = 0.0, **s5_kwargs):
+        super().__init__()
+        self.ssm = S5Layer(hidden, state_size, **s5_kwargs)
+        self.glu = nn.Linear(hidden, 2 * hidden)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def _mix(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value, gate = self.glu(nn.functional.gelu(y)).chunk(2, dim=-1)
+        return self.norm(u + self.drop(value * torch.sigmoid(gate)))
+
+    def forward(self, u, is_first, x_prev):
+        """(B, T, H), (B, T), (B, P) -> (B, T, H), (B, T, P)."""
+        y, x = self.ssm(u, is_first, x_prev)
+        return self._mix(u, y), x
+
+    def step(self, u, is_first, x_prev):
+        """(B, H), (B,), (B, P) -> (B, H), (B, P)."""
+        y, x = self.ssm.step(u, is_first, x_prev)
+        return self._mix(u, y), x
+
+
+class SSMStack(nn.Module):
+    """K SSM blocks; the state of the stack is every layer's state, (B, K, P) complex64."""
+
+    def __init__(
+        self,
+        hidden: int,
+        state_size: int,
+        layers: int,
+        dropout: float = 0.0,
+        **s5_kwargs,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            SSMBlock(hidden, state_size, dropout=dropout, **s5_kwargs) for _ in range(layers)
+        )
+        self.hidden, self.state_size, self.num_layers = hidden, state_size, layers
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """(B, K, P) complex64."""
+        return torch.stack([block.ssm.initial_state(batch_size) for block in self.layers], dim=1)
+
+    def forward(
+        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parallel mode.
+
+        Args:
+            u: (B, T, H) float32; is_first: (B, T) bool; x_prev: (B, K, P) complex64.
+
+        Returns:
+            y: (B, T, H) float32; x: (B, T, K, P) complex64, every layer's state at every step.
+        """
+        B, T, H = u.shape
+        assert H == self.hidden, f"SSMStack expects width {self.hidden}, got {H}"
+        assert is_first.shape == (B, T), f"is_first must be ({B}, {T}), got {tuple(is_first.shape)}"
+        assert x_prev.shape == (B, self.num_layers, self.state_size), (
+            f"x_prev must be ({B}, {self.num_layers}, {self.state_size}), got {tuple(x_prev.shape)}"
+        )
+        states = []
+        for k, block in enumerate(self.layers):
+            u, x = block(u, is_first, x_prev[:, k])
+            states.append(x)
+        return u, torch.stack(states, dim=2)
+
+    def step(
+        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step mode: u (B, H), is_first (B,) bool, x_prev (B, K, P) -> y (B, H), x (B, K, P)."""
+        states = []
+        for k, block in enumerate(self.layers):
+            u, x = block.step(u, is_first, x_prev[:, k])
+            states.append(x)
+        return u, torch.stack(states, dim=1)
