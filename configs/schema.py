@@ -34,7 +34,7 @@ class EnvConfig:
 @dataclass
 class ReplayConfig:
     capacity: int = 1_000_000  # FIFO capacity in env steps, over all streams
-    store_state: bool = False  # store each step's latent so samples start from the step before (replay context)
+    store_state: bool = False  # store every step's latent; samples start from the one before (replay context)
     chunk_steps: int = 1024  # steps per file when saving to disk
 
 
