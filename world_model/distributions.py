@@ -194,9 +194,12 @@ class OneHotCategorical:
 
         The value is exactly one-hot; the gradient is that of `probs` (DreamerV2/V3).
         """
-        flat = self.probs.detach().reshape(-1, self.num_classes)  # (N, C), N = prod(batch)
-        index = torch.multinomial(flat, 1).squeeze(-1)
-        onehot = F.one_hot(index, self.num_classes).to(self.probs.dtype).reshape(self.probs.shape)
+        # Inverse-CDF sampling: one uniform per categorical and a search in the cumulative
+        # probabilities; several times faster on CPU than torch.multinomial for many small rows.
+        cdf = self.probs.detach().cumsum(-1)
+        u = torch.rand(*cdf.shape[:-1], 1, device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+        index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.num_classes - 1).squeeze(-1)
+        onehot = F.one_hot(index, self.num_classes).to(self.probs.dtype)
         # The bracket is exactly zero in value, so the sample is exactly one-hot.
         return onehot + (self.probs - self.probs.detach())
 

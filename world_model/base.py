@@ -1,0 +1,261 @@
+"""What the S3M and RSSM world models share: encoder, heads, losses, optimiser, imagination.
+
+A subclass supplies the sequence model through four methods:
+
+- `initial_state(batch_size) -> state`;
+- `_latents(embed, action, is_first, state) -> (post, prior_logits, last_state)`: the posterior
+  states of a whole (B, T) sequence and the prior logits at every step (parallel for S3M,
+  sequential for RSSM);
+- `_obs_step(state, embed, is_first) -> state`: one posterior step (acting);
+- `_img_step(state, action) -> state`: one prior step (imagining);
+- `features(state, policy_input)`, `feature_dim(policy_input)`: what actor and critic read.
+
+Losses follow DreamerV3 (and R2I on top of it):
+
+    L = L_pred + β_dyn · max(free, KL[sg(q) ‖ p]) + β_rep · max(free, KL[q ‖ sg(p)])
+
+with the KL summed over the S latent groups before the free-bits clip, and L_pred the decoder,
+reward (symlog two-hot) and continue (Bernoulli, target 1 - is_terminal) negative log-likelihoods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from configs.schema import ModelConfig
+from world_model.distributions import OneHotCategorical, kl_categorical
+from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, TwoHotHead
+
+State = dict[str, torch.Tensor]
+ObsSpace = Mapping[str, tuple[tuple[int, ...], np.dtype]]
+CONTRACT_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
+
+
+def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy batch -> torch tensors on `device`; uint8 images and bool flags keep their dtype."""
+    out = {}
+    for key, value in batch.items():
+        tensor = torch.as_tensor(value)
+        if tensor.dtype == torch.float64:
+            tensor = tensor.float()
+        out[key] = tensor.to(device, non_blocking=True)
+    return out
+
+
+def stack_states(states: list[State], dim: int = 0) -> State:
+    """A list of states with equal keys -> one state with a new axis `dim`."""
+    return {key: torch.stack([s[key] for s in states], dim) for key in states[0]}
+
+
+def flatten_state(state: State, dims: int) -> State:
+    """Merge the first `dims` leading axes of every entry: (B, T, ...) -> (B*T, ...)."""
+    return {k: v.reshape(-1, *v.shape[dims:]) for k, v in state.items()}
+
+
+class WorldModel(nn.Module):
+    """Encoder, decoder, reward and continue heads, losses and optimiser around a sequence model.
+
+    Args:
+        obs_space: key -> (shape, dtype) of the observations (images uint8 (h, w, c), vectors (d,)).
+        action_dim: A (one-hot width for discrete actions).
+        cfg: shared model settings.
+        head_dim: width of [h_t, z_t], what the decoder and heads read.
+    """
+
+    def __init__(self, obs_space: ObsSpace, action_dim: int, cfg: ModelConfig, head_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.obs_space = dict(obs_space)
+        self.action_dim = action_dim
+        self.stoch_dim = cfg.stoch_groups * cfg.stoch_classes
+        self.encoder = MultiEncoder(obs_space, cfg.units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages)
+        self.decoder = MultiDecoder(
+            head_dim, obs_space, cfg.units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages
+        )
+        self.reward_head = TwoHotHead(head_dim, cfg.units, cfg.head_layers, cfg.reward_bins)
+        self.cont_head = BernoulliHead(head_dim, cfg.units, cfg.head_layers)
+        self.opt: torch.optim.Optimizer | None = None
+
+    state_keys: tuple[str, ...] = ()  # the keys an imagined state carries; set by the subclass
+
+    # ----- pieces the subclasses share -------------------------------------------------------
+
+    def _latent_dist(self, logits: torch.Tensor) -> OneHotCategorical:
+        """(…, S·C) logits -> categorical over (…, S, C) with the configured unimix."""
+        shape = (*logits.shape[:-1], self.cfg.stoch_groups, self.cfg.stoch_classes)
+        return OneHotCategorical(logits.reshape(shape), self.cfg.unimix)
+
+    def _sample_latent(self, logits: torch.Tensor) -> torch.Tensor:
+        """(…, S·C) logits -> (…, S·C) straight-through one-hot sample."""
+        return self._latent_dist(logits).sample().flatten(-2)
+
+    def head_features(self, state: State) -> torch.Tensor:
+        """[h_t, z_t] (…, H + S·C): what the decoder, reward and continue heads read."""
+        return torch.cat([state["h"], state["z"]], -1)
+
+    def reward(self, state: State) -> torch.Tensor:
+        """Predicted reward (…,) on arriving at `state`."""
+        return self.reward_head(self.head_features(state)).mean()
+
+    def cont(self, state: State) -> torch.Tensor:
+        """Predicted probability (…,) that the episode continues after `state`."""
+        return self.cont_head(self.head_features(state)).mean
+
+    # ----- parallel path: observe a replayed batch -------------------------------------------
+
+    def observe(
+        self, batch: Mapping[str, torch.Tensor], state: State | None = None
+    ) -> tuple[State, dict[str, torch.Tensor], dict[str, float], State]:
+        """Posterior states, losses and metrics of a (B, T) batch.
+
+        Args:
+            batch: the data contract with leading (B, T): observation keys, `action` (B, T, A),
+                `reward` (B, T), `is_first`/`is_last`/`is_terminal` (B, T) bool.
+            state: the latent state before the first step (leading (B,)); None for the initial one.
+
+        Returns:
+            post: states with leading (B, T); losses: scalar tensors, `total` included;
+            metrics: floats; last_state: leading (B,), the state after the last step.
+        """
+        for key in CONTRACT_KEYS:
+            assert key in batch, f"observe: batch lacks {key!r}"
+        B, T = batch["is_first"].shape
+        assert batch["action"].shape == (B, T, self.action_dim), (
+            f"observe: action must be ({B}, {T}, {self.action_dim}), got {tuple(batch['action'].shape)}"
+        )
+        if state is None:
+            state = self.initial_state(B)
+        embed = self.encoder(batch)  # (B, T, E)
+        post, prior_logits, last_state = self._latents(embed, batch["action"], batch["is_first"], state)
+
+        cfg = self.cfg
+        feats = self.head_features(post)  # (B, T, H + S·C)
+        nll = self.decoder.loss(feats, batch)
+        nll["reward"] = -self.reward_head(feats).log_prob(batch["reward"])
+        cont_target = (~batch["is_terminal"]).float()
+        nll["cont"] = -self.cont_head(feats).log_prob(cont_target)
+        scales = {"reward": cfg.reward_scale, "cont": cfg.cont_scale}
+        for key in self.decoder.image_shapes:
+            scales[key] = cfg.image_scale
+        for key in self.decoder.vector_shapes:
+            scales[key] = cfg.vector_scale
+
+        # KL balancing (DV3): the dynamics term trains the prior towards sg(q), the representation
+        # term trains the posterior towards sg(p); each summed over groups, then clipped below.
+        groups = (B, T, cfg.stoch_groups, cfg.stoch_classes)
+        q = self._latent_dist(post["logits"]).logits.reshape(groups)
+        p = self._latent_dist(prior_logits).logits.reshape(groups)
+        kl_dyn = kl_categorical(q.detach(), p).sum(-1)  # (B, T)
+        kl_rep = kl_categorical(q, p.detach()).sum(-1)
+        dyn = torch.clamp(kl_dyn, min=cfg.free_nats)
+        rep = torch.clamp(kl_rep, min=cfg.free_nats)
+
+        losses = {key: value.mean() for key, value in nll.items()}
+        losses["dyn"] = dyn.mean()
+        losses["rep"] = rep.mean()
+        losses["total"] = (
+            sum(scales[k] * (nll[k]) for k in nll) + cfg.dyn_scale * dyn + cfg.rep_scale * rep
+        ).mean()
+        with torch.no_grad():
+            metrics = {f"wm/{k}_loss": v.item() for k, v in losses.items()}
+            metrics["wm/kl"] = kl_dyn.mean().item()
+            metrics["wm/post_entropy"] = self._latent_dist(post["logits"]).entropy().sum(-1).mean().item()
+            metrics["wm/prior_entropy"] = self._latent_dist(prior_logits).entropy().sum(-1).mean().item()
+            metrics["wm/reward_mae"] = (self.reward_head(feats).mean() - batch["reward"]).abs().mean().item()
+        return post, losses, metrics, last_state
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam(W) over every parameter; SSM parameters (Λ, B̃, C̃, D, log Δ, x_init) without weight decay."""
+        cfg = self.cfg
+        ssm, other = [], []
+        for name, param in self.named_parameters():
+            (ssm if ".ssm." in f".{name}" else other).append(param)
+        groups = [{"params": other, "weight_decay": cfg.weight_decay}]
+        if ssm:
+            groups.append({"params": ssm, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+    def update(
+        self, batch: Mapping[str, torch.Tensor], state: State | None = None
+    ) -> tuple[State, dict[str, float], State]:
+        """One gradient step on a (B, T) batch: observe, backward, clip, step.
+
+        Returns the posterior states (detached, leading (B, T)), metrics and the last state.
+        """
+        if self.opt is None:
+            self.opt = self.make_optimizer()
+        self.opt.zero_grad(set_to_none=True)
+        post, losses, metrics, last_state = self.observe(batch, state)
+        losses["total"].backward()
+        norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        metrics["wm/grad_norm"] = float(norm)
+        detach = lambda s: {k: v.detach() for k, v in s.items()}  # noqa: E731
+        return detach(post), metrics, detach(last_state)
+
+    # ----- step path: act and imagine --------------------------------------------------------
+
+    def step(self, state: State, obs: Mapping[str, torch.Tensor], is_first: torch.Tensor) -> State:
+        """One posterior step for acting.
+
+        Args:
+            state: leading (B,), whose `action` is the action taken after the previous observation.
+            obs: observation keys with leading (B,).
+            is_first: (B,) bool; where True the state restarts (previous z, action and SSM state reset).
+
+        Returns:
+            the new state, leading (B,); its `action` still holds the previous action until the
+            caller sets the one it takes now.
+        """
+        embed = self.encoder(obs)  # (B, E)
+        return self._obs_step(state, embed, is_first)
+
+    def imagine(self, start: State, policy: Callable[[State], torch.Tensor], horizon: int) -> State:
+        """Roll the prior forward from `start` with actions from `policy`.
+
+        Args:
+            start: leading (N,), e.g. every posterior step of a batch flattened.
+            policy: state (leading (N,)) -> action (N, A).
+            horizon: imagined steps.
+
+        Returns:
+            trajectory with leading (horizon + 1, N): the start and imagined states, and `action`,
+            the action taken at each of them (the last one too, for the actor's loss).
+        """
+        state = {k: start[k] for k in self.state_keys}
+        states, actions = [], []
+        for _ in range(horizon):
+            action = policy(state)
+            states.append(state)
+            actions.append(action)
+            state = self._img_step(state, action)
+        states.append(state)
+        actions.append(policy(state))
+        traj = stack_states(states)
+        traj["action"] = torch.stack(actions)
+        return traj
+
+    @torch.no_grad()
+    def open_loop(self, batch: Mapping[str, torch.Tensor], context: int) -> dict[str, torch.Tensor]:
+        """Reconstructions of a (B, T) batch: posterior for the first `context` steps, then the
+        prior driven by the recorded actions (what the open-loop prediction videos show).
+
+        Returns key -> (B, T, ...) predictions in observation space (images float in [0, 1]).
+        """
+        T = batch["is_first"].shape[1]
+        assert 0 < context <= T, f"open_loop: context {context} must be in [1, {T}]"
+        post, _, _, last = self.observe({k: v[:, :context] for k, v in batch.items()})
+        states = [{k: post[k] for k in self.state_keys}]
+        state = {k: last[k] for k in self.state_keys}
+        imagined = []
+        for t in range(context, T):
+            state = self._img_step(state, batch["action"][:, t - 1])
+            imagined.append(state)
+        if imagined:
+            states.append(stack_states(imagined, dim=1))
+        feats = torch.cat([self.head_features(s) for s in states], 1)  # (B, T, H + S·C)
+        return self.decoder.reconstruct(feats)

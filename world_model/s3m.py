@@ -1,0 +1,136 @@
+"""The S3M world model of R2I (DESIGN.md §3).
+
+    e_t        = Encoder(o_t)
+    q(z_t|o_t) = Cat(MLP(e_t))                          non-recurrent: all T steps at once
+    u_t        = SiLU(LN(Linear([z_{t-1}, a_{t-1}])))   zeros for z_{t-1}, a_{t-1} at is_first
+    y_t, x_t   = SSMStack(u_t, x_{t-1})                 x_{t-1} := x_init at is_first
+    h_t        = SiLU(Linear(y_t))
+    p(z_t|h_t) = Cat(MLP(h_t))
+
+Because the posterior does not read h_t, the whole sequence of z_t is sampled first and the SSM
+stack then runs in parallel over T (`_latents`); acting (`_obs_step`) and imagining (`_img_step`)
+run the same stack one step at a time. The policy can read h_t, x_t or both (`features`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from configs.schema import ModelConfig, S3MConfig
+from world_model.base import ObsSpace, State, WorldModel
+from world_model.networks import MLP, init_weights_
+from world_model.ssm import SSMStack
+
+LN_EPS = 1e-3
+
+
+class S3M(WorldModel):
+    """R2I's world model: non-recurrent posterior, S5 stack as the sequence model.
+
+    State keys (leading shape (…)): `z` (…, S·C) one-hot sample, `h` (…, H) output state,
+    `x` (…, K, P) complex64 SSM states, `action` (…, A) the previous action, and in posterior
+    states from `observe` also `logits` (…, S·C).
+    """
+
+    state_keys = ("z", "h", "x")
+
+    def __init__(self, obs_space: ObsSpace, action_dim: int, cfg: ModelConfig, ssm_cfg: S3MConfig):
+        stoch = cfg.stoch_groups * cfg.stoch_classes
+        super().__init__(obs_space, action_dim, cfg, head_dim=cfg.hidden + stoch)
+        self.ssm_cfg = ssm_cfg
+        H = cfg.hidden
+        self.posterior = MLP(self.encoder.out_dim, stoch, cfg.units, cfg.mlp_layers)
+        self.inp = nn.Sequential(
+            nn.Linear(stoch + action_dim, H, bias=False), nn.LayerNorm(H, eps=LN_EPS), nn.SiLU()
+        )
+        init_weights_(self.inp)
+        self.ssm = SSMStack(
+            hidden=H,
+            state_size=ssm_cfg.state_size,
+            layers=ssm_cfg.layers,
+            dropout=ssm_cfg.dropout,
+            blocks=ssm_cfg.blocks,
+            discretization=ssm_cfg.discretization,
+            dt_min=ssm_cfg.dt_min,
+            dt_max=ssm_cfg.dt_max,
+            learn_initial_state=ssm_cfg.learn_initial_state,
+            scan=ssm_cfg.scan,
+        )
+        self.out = nn.Sequential(nn.Linear(H, H), nn.SiLU())
+        init_weights_(self.out)
+        self.prior = MLP(H, stoch, cfg.units, cfg.mlp_layers)
+
+    def initial_state(self, batch_size: int) -> State:
+        device = self.out[0].weight.device
+        return {
+            "z": torch.zeros(batch_size, self.stoch_dim, device=device),
+            "h": torch.zeros(batch_size, self.cfg.hidden, device=device),
+            "x": self.ssm.initial_state(batch_size),
+            "action": torch.zeros(batch_size, self.action_dim, device=device),
+        }
+
+    def _seq_input(self, z_prev: torch.Tensor, a_prev: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        """u_t from (z_{t-1}, a_{t-1}), both zeroed where the episode restarts: (…, H)."""
+        keep = (~is_first).unsqueeze(-1).to(z_prev.dtype)
+        return self.inp(torch.cat([z_prev * keep, a_prev * keep], -1))
+
+    def _latents(
+        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, state: State
+    ) -> tuple[State, torch.Tensor, State]:
+        """Parallel over T. embed (B, T, E), action (B, T, A), is_first (B, T) bool."""
+        logits = self.posterior(embed)  # (B, T, S·C)
+        z = self._sample_latent(logits)
+        # The sequence model at t reads (z_{t-1}, a_{t-1}): shift right, the carried state first.
+        z_prev = torch.cat([state["z"].unsqueeze(1), z[:, :-1]], 1)  # (B, T, S·C)
+        a_prev = torch.cat([state["action"].unsqueeze(1), action[:, :-1]], 1)  # (B, T, A)
+        u = self._seq_input(z_prev, a_prev, is_first)
+        y, x = self.ssm(u, is_first, state["x"])  # (B, T, H), (B, T, K, P)
+        h = self.out(y)
+        prior_logits = self.prior(h)
+        post = {"z": z, "h": h, "x": x, "logits": logits}
+        last = {"z": z[:, -1], "h": h[:, -1], "x": x[:, -1], "action": action[:, -1]}
+        return post, prior_logits, last
+
+    def _obs_step(self, state: State, embed: torch.Tensor, is_first: torch.Tensor) -> State:
+        """One posterior step: embed (B, E), is_first (B,) bool."""
+        u = self._seq_input(state["z"], state["action"], is_first)
+        y, x = self.ssm.step(u, is_first, state["x"])
+        z = self._sample_latent(self.posterior(embed))
+        return {"z": z, "h": self.out(y), "x": x, "action": state["action"]}
+
+    def _img_step(self, state: State, action: torch.Tensor) -> State:
+        """One prior step from (z_t, a_t, x_t): the next z from p(z | h), no resets."""
+        no_reset = torch.zeros(action.shape[0], dtype=torch.bool, device=action.device)
+        u = self._seq_input(state["z"], action, no_reset)
+        y, x = self.ssm.step(u, no_reset, state["x"])
+        h = self.out(y)
+        return {"z": self._sample_latent(self.prior(h)), "h": h, "x": x}
+
+    def prior_logits(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Prior logits (…, S·C) from the output state h."""
+        return self.prior(state["h"])
+
+    def feature_dim(self, policy_input: str) -> int:
+        x_dim = 2 * self.ssm.num_layers * self.ssm.state_size
+        return {
+            "output": self.stoch_dim + self.cfg.hidden,
+            "hidden": self.stoch_dim + x_dim,
+            "full": self.stoch_dim + self.cfg.hidden + x_dim,
+        }[policy_input]
+
+    def features(self, state: Mapping[str, torch.Tensor], policy_input: str) -> torch.Tensor:
+        """What actor and critic read (…, F): output (z, h), hidden (z, x) or full (z, h, x).
+
+        x enters as its real and imaginary parts, every layer's state flattened (2·K·P floats).
+        """
+        z = state["z"]
+        if policy_input == "output":
+            return torch.cat([z, state["h"]], -1)
+        x = torch.view_as_real(state["x"]).flatten(-3)  # (…, K·P·2)
+        if policy_input == "hidden":
+            return torch.cat([z, x], -1)
+        assert policy_input == "full", f"unknown policy_input {policy_input!r}"
+        return torch.cat([z, state["h"], x], -1)
