@@ -29,6 +29,7 @@ from torch import nn
 from configs.schema import ModelConfig
 from world_model.distributions import OneHotCategorical, kl_categorical
 from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, TwoHotHead
+from world_model.ssm import S5Layer
 
 State = dict[str, torch.Tensor]
 ObsSpace = Mapping[str, tuple[tuple[int, ...], np.dtype]]
@@ -171,9 +172,9 @@ class WorldModel(nn.Module):
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam(W) over every parameter; SSM parameters (Λ, B̃, C̃, D, log Δ, x_init) without weight decay."""
         cfg = self.cfg
-        ssm, other = [], []
-        for name, param in self.named_parameters():
-            (ssm if ".ssm." in f".{name}" else other).append(param)
+        ssm_ids = {id(p) for m in self.modules() if isinstance(m, S5Layer) for p in m.parameters()}
+        ssm = [p for p in self.parameters() if id(p) in ssm_ids]
+        other = [p for p in self.parameters() if id(p) not in ssm_ids]
         groups = [{"params": other, "weight_decay": cfg.weight_decay}]
         if ssm:
             groups.append({"params": ssm, "weight_decay": 0.0})
