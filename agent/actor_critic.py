@@ -1,0 +1,290 @@
+"""Actor-critic learning in imagination (DreamerV3 `ImagActorCritic` + `VFunction`, as R2I uses it).
+
+One update (DESIGN.md §4):
+
+1. Imagine H steps from every start state (B·T posterior states, flattened) with the actor, which
+   reads sg(features): `world_model.imagine` gives states 0..H and the action taken at each.
+2. Rewards r_t and continuations c_t of the imagined states 1..H from the world model's heads; c_0
+   is 1 - is_terminal of the start step. Continuations are the continue head's mode, as DreamerV3
+   (`heads['cont'](traj).mode()`). Weights w_t = Π_{k≤t} γ c_k / γ (so w_0 = c_0) discount the
+   losses of states the episode may never reach.
+3. λ-returns R_t from the critic's values (`agent.returns`), normalised by the EMA percentile
+   scale S: advantages A_t = (R_t - v_t) / S.
+4. Actor: REINFORCE `-log π(a_t|s_t) sg(A_t)` (discrete) or dynamics backprop `-R_t / S` through
+   the world model (continuous), minus `entropy` · H[π(·|s_t)]; weighted by w_t, mean over t < H.
+5. Critic: two-hot NLL of sg(R_t) plus `slow_critic_reg` × NLL of the slow critic's value, on
+   detached features, weighted by w_t; then the slow critic moves by `slow_critic_fraction`.
+
+Imagination is the hot path on a CPU (DESIGN.md §4). With REINFORCE the world model runs under
+`torch.no_grad()`; only the actor's per-step distribution keeps a graph (to the actor's parameters,
+on detached features), and the actor loss reuses it rather than running the actor again. One critic
+pass with a graph serves both the returns (detached) and the critic loss. Dynamics backprop needs
+the graph through the world model; its parameters (and the critic's) are frozen meanwhile, so the
+actor loss neither builds nor leaves gradients on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from agent.returns import ReturnNormalizer, lambda_returns
+from configs.schema import AgentConfig
+from world_model.base import State, WorldModel
+from world_model.distributions import BoundedNormal, OneHotCategorical, TwoHot
+from world_model.networks import ActionHead, TwoHotHead
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily set `requires_grad=False` on every parameter of `modules`, then restore it.
+
+    Gradients still flow *through* the modules to their inputs; their parameters get none.
+    """
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def sample_action(dist: OneHotCategorical | BoundedNormal) -> Tensor:
+    """(…, A) float32 sample that carries gradients to the policy where it can.
+
+    Discrete: straight-through one-hot (DreamerV3); continuous: reparameterised, in [-1, 1].
+    """
+    return dist.sample() if isinstance(dist, OneHotCategorical) else dist.rsample()
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic, return normaliser and their two optimisers.
+
+    Args:
+        feature_dim: F, width of `world_model.features(state, policy_input)`.
+        action_dim: A.
+        discrete: one-hot actions (categorical policy with unimix) or continuous in [-1, 1].
+        cfg: actor-critic settings.
+        policy_input: what actor and critic read (`output`, `hidden`, `full`); default
+            `cfg.policy_input`. The agent passes `output` for the RSSM.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        discrete: bool,
+        cfg: AgentConfig,
+        policy_input: str | None = None,
+    ) -> None:
+        super().__init__()
+        assert feature_dim > 0 and action_dim > 0, f"ActorCritic: bad sizes F={feature_dim}, A={action_dim}"
+        assert cfg.horizon >= 1, f"ActorCritic: horizon must be >= 1, got {cfg.horizon}"
+        assert cfg.actor_grad in ("auto", "reinforce", "dynamics"), f"unknown actor_grad {cfg.actor_grad!r}"
+        self.cfg = cfg
+        self.feature_dim = feature_dim
+        self.action_dim = action_dim
+        self.discrete = discrete
+        self.policy_input = policy_input or cfg.policy_input
+        # DreamerV3: REINFORCE for discrete actions (no useful gradient through a one-hot), dynamics
+        # backprop for continuous ones (low-variance reparameterised gradients).
+        auto = "reinforce" if discrete else "dynamics"
+        self.actor_grad = auto if cfg.actor_grad == "auto" else cfg.actor_grad
+        self.actor = ActionHead(feature_dim, action_dim, discrete, cfg.units, cfg.layers, cfg.actor_unimix)
+        # TwoHotHead zero-initialises its output layer: the critic starts at exactly 0 (DreamerV3).
+        self.critic = TwoHotHead(feature_dim, cfg.units, cfg.layers, cfg.critic_bins)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.retnorm = ReturnNormalizer(
+            cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high, cfg.return_norm_max
+        )
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.eps)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.eps)
+
+    # ----- the policy ------------------------------------------------------------------------
+
+    def policy(self, features: Tensor) -> OneHotCategorical | BoundedNormal:
+        """π(·|s): features (…, F) float32 -> distribution over actions (…, A)."""
+        assert features.shape[-1] == self.feature_dim, (
+            f"ActorCritic.policy: expected (…, {self.feature_dim}) features, got {tuple(features.shape)}"
+        )
+        return self.actor(features)
+
+    def _imagine(self, world_model: WorldModel, start: State) -> tuple[State, Tensor, Tensor, Tensor]:
+        """H imagined steps from `start` (leading (N,)) with the actor.
+
+        Returns:
+            traj: states 0..H and the action taken at each, leading (H + 1, N).
+            feats: (H + 1, N, F) float32 features of those states, with a graph through the world
+                model where gradients are enabled (dynamics backprop).
+            logpi: (H + 1, N) float32 log π(a_t | sg(s_t)), with a graph to the actor's parameters.
+            entropy: (H + 1, N) float32 entropy of π(· | sg(s_t)), likewise.
+        """
+        feats: list[Tensor] = []
+        logpi: list[Tensor] = []
+        entropy: list[Tensor] = []
+
+        def act(state: State) -> Tensor:
+            f = world_model.features(state, self.policy_input)  # (N, F)
+            # The actor reads sg(s) (DreamerV3): its loss must not shape the world model's states.
+            # Its distribution keeps a graph to the actor's parameters even while imagination runs
+            # under no_grad, so the actor loss reuses it instead of running the actor again.
+            with torch.enable_grad():
+                dist = self.policy(f.detach())
+                action = sample_action(dist)
+                logpi.append(dist.log_prob(action.detach()))
+                entropy.append(dist.entropy())
+            feats.append(f)
+            return action
+
+        traj = world_model.imagine(start, act, self.cfg.horizon)
+        assert len(feats) == self.cfg.horizon + 1, "world_model.imagine must call the policy once per state"
+        with torch.enable_grad():
+            return traj, torch.stack(feats), torch.stack(logpi), torch.stack(entropy)
+
+    # ----- one update ------------------------------------------------------------------------
+
+    def update(
+        self, world_model: WorldModel, start: Mapping[str, Tensor], start_cont: Tensor
+    ) -> dict[str, float]:
+        """One actor step, one critic step and one slow-critic step from imagined trajectories.
+
+        Args:
+            world_model: gives `imagine`, `features`, `reward`, `cont`; its parameters are neither
+                changed nor given gradients here.
+            start: start states with leading (N,), e.g. the (B, T) posterior flattened to B·T:
+                `z` (N, S·C), `h` (N, H), `x` (N, K, P) complex64 (S3M) — the world model's
+                `state_keys`; detached here.
+            start_cont: (N,) float32, 1 - is_terminal of each start step.
+
+        Returns:
+            metrics: floats under `actor/`, `critic/`, `return/`, `adv/` and `imag/`.
+        """
+        N = start_cont.shape[0]
+        for key in world_model.state_keys:
+            assert key in start, f"ActorCritic.update: start lacks {key!r}"
+            assert start[key].shape[0] == N, (
+                f"ActorCritic.update: start[{key!r}] has {start[key].shape[0]} rows, start_cont {N}"
+            )
+        start = {k: start[k].detach() for k in world_model.state_keys}
+        start_cont = start_cont.detach().float()
+        cfg = self.cfg
+        dynamics = self.actor_grad == "dynamics"
+
+        # With REINFORCE nothing in imagination needs a graph but the actor's; with dynamics
+        # backprop the graph runs from the actor's reparameterised actions through the (frozen)
+        # world model and critic into the returns.
+        with frozen(world_model, self.critic) if dynamics else contextlib.nullcontext():
+            with torch.set_grad_enabled(dynamics):
+                traj, feats, logpi, entropy = self._imagine(world_model, start)
+                arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
+                reward = world_model.reward(arrived)  # (H, N)
+                with torch.no_grad():
+                    # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
+                    cont = (world_model.cont(arrived) > 0.5).float()  # (H, N)
+                if dynamics:
+                    value = self.critic(feats).mean()  # (H + 1, N), a graph to the features only
+            if not dynamics:
+                # One critic pass serves the returns (detached) and the critic loss (its graph).
+                critic_all = self.critic(feats.detach())
+                value = critic_all.mean().detach()  # (H + 1, N)
+            returns = lambda_returns(reward, cont, value, cfg.discount, cfg.return_lambda)  # (H, N)
+            with torch.no_grad():
+                conts = torch.cat([start_cont[None], cont], 0)  # (H + 1, N)
+                weight = torch.cumprod(cfg.discount * conts, 0) / cfg.discount  # (H + 1, N)
+                self.retnorm.update(returns)
+                scale = self.retnorm.scale()
+                adv = (returns - value[:-1]) / scale  # (H, N)
+
+            # Actor loss (DreamerV3 ImagActorCritic.loss).
+            if dynamics:
+                # The normalisation's offset carries no gradient; only R_t / S is optimised.
+                objective = returns / scale
+            else:
+                objective = logpi[:-1] * adv
+            actor_loss = (-(objective + cfg.entropy * entropy[:-1]) * weight[:-1]).mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
+        self.actor_opt.step()
+
+        # Critic loss (DreamerV3 VFunction.loss): targets and features carry no graph.
+        if dynamics:
+            critic_dist = self.critic(feats[:-1].detach())
+        else:
+            critic_dist = TwoHot(critic_all.logits[:-1], self.critic.bins)
+        critic_loss, critic_norm, slow_value = self._critic_step(
+            critic_dist, feats[:-1].detach(), returns.detach(), weight[:-1]
+        )
+        self.update_slow_critic()
+
+        with torch.no_grad():
+            ret = returns.detach()
+            quantiles = torch.tensor(self.retnorm.quantiles, device=ret.device)
+            low, high = torch.quantile(ret.reshape(-1), quantiles)
+            metrics = {
+                "actor/loss": actor_loss.item(),
+                "actor/entropy": entropy[:-1].mean().item(),
+                "actor/grad_norm": float(actor_norm),
+                "critic/loss": critic_loss.item(),
+                "critic/value_mean": value.mean().item(),
+                "critic/slow_value_mean": slow_value.mean().item(),
+                "critic/grad_norm": float(critic_norm),
+                "return/mean": ret.mean().item(),
+                "return/p5": low.item(),
+                "return/p95": high.item(),
+                "return/ema_low": self.retnorm.low.item(),
+                "return/ema_high": self.retnorm.high.item(),
+                "return/scale": scale.item(),
+                "adv/mean": adv.mean().item(),
+                "adv/std": adv.std().item(),
+                "imag/reward_mean": reward.mean().item(),
+                "imag/cont_mean": cont.mean().item(),
+                "imag/weight_mean": weight.mean().item(),
+            }
+        return metrics
+
+    def _critic_step(
+        self, dist: TwoHot, feats: Tensor, target: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One critic step: two-hot NLL of the λ-returns plus the slow-critic regulariser.
+
+        Args:
+            dist: the critic's distribution (batch (H, N)) with a graph to its parameters.
+            feats: (H, N, F) float32 detached features, for the slow critic.
+            target: (H, N) float32 detached λ-returns.
+            weight: (H, N) float32 detached loss weights.
+
+        Returns:
+            loss () float32, the gradient norm before clipping, the slow critic's values (H, N).
+        """
+        with torch.no_grad():
+            slow_value = self.slow_critic(feats).mean()  # (H, N)
+        # DreamerV3 `critic_slowreg: logprob`: the slow critic's mean is a second two-hot target.
+        nll = -dist.log_prob(target) - self.cfg.slow_critic_reg * dist.log_prob(slow_value)
+        loss = (nll * weight).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
+        self.critic_opt.step()
+        return loss.detach(), norm, slow_value
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """slow ← (1 - f) slow + f critic with f = `slow_critic_fraction` (DreamerV3 SlowUpdater)."""
+        fraction = self.cfg.slow_critic_fraction
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.lerp_(fast, fraction)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of the actor and the critic (the slow critic is a copy, not counted)."""
+        return {
+            "actor": sum(p.numel() for p in self.actor.parameters()),
+            "critic": sum(p.numel() for p in self.critic.parameters()),
+        }

@@ -1,0 +1,229 @@
+"""The agent: a world model (S3M or RSSM) and an actor-critic that learns in its imagination.
+
+    agent = Agent(cfg, env.obs_space, env.action_dim, env.discrete, device)
+    action, state = agent.policy(step, state)          # acting, one contract step of N envs
+    metrics = agent.train(replay.sample(B, T))         # world model, then actor-critic
+
+Acting runs the world model's step mode on the carried latent state (DESIGN.md §6): per-env
+resets come from `is_first`, and `state["action"]` holds the action just chosen, which the next
+step reads as a_{t-1}. Training updates the world model on the (B, T) batch, then the
+actor-critic from all B·T posterior states (R2I / DreamerV3).
+
+Replay context (DESIGN.md §5, DreamerV3): with `replay.store_state`, the loop stores
+`replay_state(state)` with every step; a sampled batch then holds `start/<name>` (the stored latent
+of the step before each sequence) and `start/valid`, from which `train` builds the world model's
+initial state instead of starting from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.actor_critic import ActorCritic
+from configs.schema import Config
+from world_model.base import ObsSpace, State, WorldModel, flatten_state, to_tensors
+
+STATE_PREFIX = "state/"  # keys the loop stores per step for replay context (replay.buffer's prefix)
+START_PREFIX = "start/"  # keys replay adds to a batch: the stored state before each sequence
+MODES = ("explore", "eval")
+OPTIMIZER_KEYS = ("world_model_opt", "actor_opt", "critic_opt")
+CHECKPOINT_KEYS = ("world_model", "world_model_opt", "actor_critic", "actor_opt", "critic_opt", "updates")
+
+
+def build_world_model(cfg: Config, obs_space: ObsSpace, action_dim: int) -> WorldModel:
+    """The world model `cfg.world_model` names: the S3M of R2I or the RSSM of DreamerV3."""
+
+    def s3m() -> WorldModel:
+        from world_model.s3m import S3M
+
+        return S3M(obs_space, action_dim, cfg.model, cfg.s3m)
+
+    def rssm() -> WorldModel:
+        from world_model.rssm import RSSM
+
+        return RSSM(obs_space, action_dim, cfg.model, cfg.rssm)
+
+    builders = {"s3m": s3m, "rssm": rssm}
+    assert cfg.world_model in builders, (
+        f"unknown world_model {cfg.world_model!r}, expected one of {list(builders)}"
+    )
+    return builders[cfg.world_model]()
+
+
+class Agent:
+    """World model + actor-critic, with numpy in and out.
+
+    Args:
+        cfg: the run's config (`world_model`, `model`, `s3m`, `rssm`, `agent` are read here).
+        obs_space: key -> (shape, dtype) of the observations, e.g. `{"vector": ((4,), float32)}`.
+        action_dim: A (one-hot width for discrete actions).
+        discrete: one-hot actions, else continuous in [-1, 1].
+        device: where the networks live.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        obs_space: ObsSpace,
+        action_dim: int,
+        discrete: bool,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        assert action_dim > 0, f"Agent: action_dim must be positive, got {action_dim}"
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.action_dim = action_dim
+        self.discrete = discrete
+        self.world_model = build_world_model(cfg, obs_space, action_dim).to(self.device)
+        # Made now rather than on the first update, so that `load_state_dict` can restore it.
+        self.world_model.opt = self.world_model.make_optimizer()
+        # The RSSM has no SSM state: its actor reads (z, h) whatever the config says.
+        self.policy_input = cfg.agent.policy_input if cfg.world_model == "s3m" else "output"
+        feature_dim = self.world_model.feature_dim(self.policy_input)
+        self.actor_critic = ActorCritic(feature_dim, action_dim, discrete, cfg.agent, self.policy_input)
+        self.actor_critic.to(self.device)  # in place: the optimisers keep their parameters
+        self.updates = 0
+
+    # ----- acting ----------------------------------------------------------------------------
+
+    def initial_state(self, num_envs: int) -> State:
+        """The latent before any observation, leading (num_envs,); `action` zeros (N, A)."""
+        with torch.no_grad():
+            return self.world_model.initial_state(num_envs)
+
+    @torch.no_grad()
+    def policy(
+        self, obs: Mapping[str, np.ndarray], state: State | None = None, mode: str = "explore"
+    ) -> tuple[np.ndarray, State]:
+        """Observe one step of N envs and choose their actions.
+
+        Args:
+            obs: a contract step from `envs.VectorEnv`: observation keys (N, ...) (images uint8),
+                `is_first` (N,) bool (others, e.g. `reward`, are ignored here).
+            state: the state returned by the previous call; None means the initial state.
+            mode: `explore` samples the policy; `eval` takes its mode.
+
+        Returns:
+            action: (N, A) float32, one-hot for discrete, in [-1, 1] for continuous.
+            state: the latent after observing `obs`, its `action` (N, A) the action just chosen.
+        """
+        assert mode in MODES, f"Agent.policy: mode must be one of {MODES}, got {mode!r}"
+        assert "is_first" in obs, "Agent.policy: obs lacks 'is_first'"
+        num_envs = len(obs["is_first"])
+        if state is None:
+            state = self.initial_state(num_envs)
+        assert state["action"].shape == (num_envs, self.action_dim), (
+            f"Agent.policy: state is for {tuple(state['action'].shape)} actions, obs has {num_envs} envs"
+        )
+        self.world_model.eval()
+        inputs = to_tensors({key: obs[key] for key in self.world_model.obs_space}, self.device)
+        is_first = torch.as_tensor(np.asarray(obs["is_first"], dtype=bool), device=self.device)
+        state = self.world_model.step(state, inputs, is_first)
+        dist = self.actor_critic.policy(self.world_model.features(state, self.policy_input))
+        action = dist.sample() if mode == "explore" else dist.mode()
+        state = {**state, "action": action}
+        return action.float().cpu().numpy(), state
+
+    def replay_state(self, state: State) -> dict[str, np.ndarray]:
+        """What the loop stores with a step for replay context: `state/<name>` -> (N, ...) numpy.
+
+        `state` is the one `policy` returned for that step (its `action` the action taken).
+        Complex SSM states are stored as real float32 views: `state/x` (N, K, P, 2).
+        """
+        out = {}
+        for key, value in state.items():
+            value = value.detach()
+            if value.is_complex():
+                value = torch.view_as_real(value)  # (N, ..., 2) float32
+            out[STATE_PREFIX + key] = value.float().cpu().numpy()
+        return out
+
+    # ----- training ----------------------------------------------------------------------------
+
+    def _start_state(self, batch: Mapping[str, np.ndarray]) -> State:
+        """The world model's state before each sequence from `start/<name>`; initial where not valid."""
+        valid = torch.as_tensor(np.asarray(batch[START_PREFIX + "valid"], dtype=bool), device=self.device)
+        init = self.world_model.initial_state(valid.shape[0])
+        state = {}
+        for key, default in init.items():
+            name = START_PREFIX + key
+            assert name in batch, f"Agent.train: batch has start/valid but lacks {name!r}"
+            stored = torch.as_tensor(np.asarray(batch[name]), device=self.device)
+            if default.is_complex() and not stored.is_complex():
+                stored = torch.view_as_complex(stored.float().contiguous())  # (B, ..., 2) -> (B, ...)
+            assert stored.shape == default.shape, (
+                f"Agent.train: {name} has shape {tuple(stored.shape)}, expected {tuple(default.shape)}"
+            )
+            keep = valid.reshape(-1, *([1] * (default.dim() - 1)))
+            state[key] = torch.where(keep, stored.to(default.dtype), default.detach())
+        return state
+
+    def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """One world-model update, then one actor-critic update from its posterior.
+
+        Args:
+            batch: the data contract with leading (B, T) (observation keys, `action` (B, T, A)
+                float32, `reward` (B, T) float32, `is_first` / `is_last` / `is_terminal` (B, T)
+                bool), optionally with replay context `start/valid` (B,) bool and `start/<name>`
+                (B, ...) as written by `replay_state`.
+
+        Returns:
+            metrics: floats, `wm/...` from the world model and `actor/`, `critic/`, `return/`,
+            `adv/`, `imag/` from the actor-critic.
+        """
+        self.world_model.train()
+        start = self._start_state(batch) if START_PREFIX + "valid" in batch else None
+        data = to_tensors({k: v for k, v in batch.items() if not k.startswith(START_PREFIX)}, self.device)
+        post, metrics, _ = self.world_model.update(data, start)
+        starts = flatten_state({k: post[k] for k in self.world_model.state_keys}, 2)  # (B·T, ...)
+        start_cont = (~data["is_terminal"]).float().reshape(-1)  # (B·T,)
+        metrics.update(self.actor_critic.update(self.world_model, starts, start_cont))
+        self.updates += 1
+        return metrics
+
+    # ----- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: networks (slow critic and return normaliser included
+        with the actor-critic), the three optimisers and the update count."""
+        assert self.world_model.opt is not None
+        return {
+            "world_model": self.world_model.state_dict(),
+            "world_model_opt": self.world_model.opt.state_dict(),
+            "actor_critic": self.actor_critic.state_dict(),
+            "actor_opt": self.actor_critic.actor_opt.state_dict(),
+            "critic_opt": self.actor_critic.critic_opt.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned (strict: every key must be there)."""
+        expected = set(CHECKPOINT_KEYS)
+        assert set(state) == expected, (
+            f"Agent.load_state_dict: keys {sorted(state)}, expected {sorted(expected)}"
+        )
+        assert self.world_model.opt is not None
+        # Optimizer.load_state_dict keeps the given tensors (e.g. `step`, and moments already of the
+        # right dtype) instead of copying them; copies keep this agent independent of `state`.
+        state = {**state, **{k: copy.deepcopy(state[k]) for k in OPTIMIZER_KEYS}}
+        self.world_model.load_state_dict(state["world_model"])
+        self.world_model.opt.load_state_dict(state["world_model_opt"])
+        self.actor_critic.load_state_dict(state["actor_critic"])
+        self.actor_critic.actor_opt.load_state_dict(state["actor_opt"])
+        self.actor_critic.critic_opt.load_state_dict(state["critic_opt"])
+        self.updates = int(state["updates"])
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters: `world_model` and its parts (`world_model/<child>`), `actor`,
+        `critic` and `total`."""
+        counts = {"world_model": sum(p.numel() for p in self.world_model.parameters())}
+        for name, child in self.world_model.named_children():
+            counts[f"world_model/{name}"] = sum(p.numel() for p in child.parameters())
+        counts.update(self.actor_critic.parameter_counts())
+        counts["total"] = counts["world_model"] + counts["actor"] + counts["critic"]
+        return counts
