@@ -1,5 +1,7 @@
 """Train, resume or evaluate an agent: the one training loop of this project, top to bottom.
 
+examples:
+
     python run_agent.py                                     # POPGym RepeatPreviousEasy, CPU-sized
     python run_agent.py --preset popgym,cpu --steps 20000 agent.horizon=10
     python run_agent.py --preset debug --env gym:CartPole-v1 --logdir runs/smoke
@@ -11,30 +13,30 @@ mode on a carried latent that resets per env at `is_first`); every step goes int
 replay, one stream per env; after `train.prefill` steps of random actions the agent trains on
 replayed (B, T) batches, `train.train_ratio` replayed steps per env step (DreamerV3). Along the
 way it logs scalars, videos of open-loop predictions for image tasks, evaluates and checkpoints.
+Config keys, their defaults and meanings: configs/schema.py; presets: configs/presets/.
 
-A run folder holds:
+A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: agent/checkpoint.py):
 
     config.yaml             the resolved config; `--resume` reads it
-    metrics.jsonl           one JSON object per log event, each with its env `step`
+    metrics.jsonl           one JSON object per log event with its env `step` (eval/return, ...)
+    episodes.jsonl          one line per finished training episode: {"step", "return", "length", "env"}
     events.out.tfevents.*   TensorBoard: losses, returns, episode lengths, speed, eval returns, videos
     checkpoint/             agent.pt (networks, optimisers), loop.pt (counters, RNG states),
                             replay/ (the replay buffer), config.yaml (the config of the weights)
 
 Ctrl-C (or SIGTERM) stops at the end of the current step and saves a checkpoint first.
+Exit status: 0 done, 2 bad input (one `error:` line on stderr), 130 stopped early.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import io
-import json
 import os
 import random
-import shutil
 import signal
 import sys
+import textwrap
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -42,16 +44,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import envs
 from agent import Agent
+from agent.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    Progress,
+    find_checkpoint,
+    load_loop_state,
+    load_weights,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from agent.logger import EPISODES, METRICS, Episodes, Logger, open_loop_video
 from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
 from replay import ReplayLoadError, SequenceReplay
-from world_model import to_tensors
 
 # What `python run_agent.py` trains when no --preset is given: the default config with the POPGym
 # domain and the CPU model size, for a budget that finishes well within an hour on 2 CPU cores.
@@ -62,19 +71,16 @@ EXIT_ERROR = 2  # bad input: a flag, config key or value, env id, run folder or 
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM after saving a checkpoint (128 + SIGINT)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation envs never share seeds with training envs
 RECENT_EPISODES = 20  # training episodes averaged for the progress bar's return
-VIDEO_SEQUENCES = 4  # replayed sequences side by side in an open-loop video
-VIDEO_CONTEXT = 5  # observed steps before the open-loop prediction starts (DreamerV3 uses 5)
-VIDEO_FPS = 10
 
-CHECKPOINT = "checkpoint"  # the latest complete checkpoint inside a run folder
-RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT, CHECKPOINT + ".old")  # a folder holding one is taken
+# A folder holding one of these (or TensorBoard events) is a run, and never written into anew.
+RUN_FILES = ("config.yaml", METRICS, EPISODES, CHECKPOINT, CHECKPOINT + ".old")
 
 
 class RunError(Exception):
-    """Bad input the user can fix (flag, run folder, checkpoint): printed as one `error:` line."""
+    """Bad input the user can fix (flag, run folder): printed as one `error:` line."""
 
 
-USER_ERRORS = (RunError, ConfigError, envs.EnvError, ReplayLoadError)
+USER_ERRORS = (RunError, CheckpointError, ConfigError, envs.EnvError, ReplayLoadError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,102 +107,16 @@ def make_agent(cfg: Config, env: envs.VectorEnv) -> Agent:
     """World model (`cfg.world_model`) and actor-critic for `env`'s observations and actions."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RunError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
+    if cfg.threads > 0:
+        # Fewer intra-op threads than cores helps when env subprocesses or other runs share the CPU.
+        torch.set_num_threads(cfg.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if cfg.device == "auto" else cfg.device)
     return Agent(cfg, env.obs_space, env.action_dim, env.discrete, device)
 
 
 # ---------------------------------------------------------------------------------------------
-# Counters and logging
-
-
-@dataclasses.dataclass
-class Progress:
-    """The loop's counters; saved in every checkpoint so that `--resume` continues them."""
-
-    env_steps: int = 0  # env steps taken, over all training envs
-    updates: int = 0  # agent.train calls
-    update_credit: float = 0.0  # updates owed by train_ratio but not yet made (fractional)
-    episodes: int = 0  # training episodes finished
-
-
-class Episodes:
-    """Return and length of each env's current episode, from the contract steps it sees."""
-
-    def __init__(self, num_envs: int) -> None:
-        self.returns = np.zeros(num_envs, np.float64)
-        self.lengths = np.zeros(num_envs, np.int64)
-
-    def observe(self, step: dict[str, np.ndarray]) -> list[tuple[int, float, int]]:
-        """Account one step of every env; return (env, return, length) of the episodes it ends.
-
-        The length counts the actions an episode took: its steps after the first one.
-        """
-        first = step["is_first"]
-        self.returns[first] = 0.0
-        self.lengths[first] = 0
-        self.returns += step["reward"]
-        self.lengths += ~first
-        return [
-            (int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(step["is_last"])
-        ]
-
-
-class Logger:
-    """Scalars to TensorBoard and `metrics.jsonl` (one JSON object per event), videos to TensorBoard."""
-
-    def __init__(self, logdir: str, purge_step: int | None = None) -> None:
-        # purge_step: a resumed run drops TensorBoard events written after its checkpoint.
-        self.writer = SummaryWriter(logdir, purge_step=purge_step)
-        self.jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
-        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
-        self.jsonl.flush()
-        self.writer.flush()
-
-    def event(self, step: int, **fields: Any) -> None:
-        """A non-scalar event (e.g. a resume) in metrics.jsonl only."""
-        self.jsonl.write(json.dumps({"step": step, **fields}) + "\n")
-        self.jsonl.flush()
-
-    def video(self, step: int, tag: str, frames: torch.Tensor) -> None:
-        """frames: (T, C, H, W) float in [0, 1], written as an animated GIF image summary.
-
-        This is the summary `SummaryWriter.add_video` writes; it is encoded here with Pillow
-        because `add_video` needs the `moviepy.editor` module, which moviepy 2 no longer has.
-        """
-        T, C, H, W = frames.shape
-        pixels = (frames.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, C)
-        images = [Image.fromarray(frame[..., 0] if C == 1 else frame) for frame in pixels]
-        gif = io.BytesIO()
-        images[0].save(
-            gif, "GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0
-        )
-        image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=gif.getvalue())
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-        self.jsonl.close()
-
-    def __enter__(self) -> Logger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def crossed(every: int, before: int, after: int) -> bool:
-    """Whether a multiple of `every` lies in (before, after]; never when `every` is 0."""
-    return every > 0 and after // every > before // every
-
-
-# ---------------------------------------------------------------------------------------------
-# Acting, evaluating, videos
+# Acting and evaluating
 
 
 def random_actions(rng: np.random.Generator, env: envs.VectorEnv) -> np.ndarray:
@@ -229,146 +149,6 @@ def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int) -> dict[str, floa
     }
 
 
-def open_loop_video(agent: Agent, replay: SequenceReplay, seq_len: int) -> torch.Tensor:
-    """Replayed sequences above the world model's open-loop predictions of them, and the error.
-
-    The model observes the first `VIDEO_CONTEXT` steps, then imagines the rest from the recorded
-    actions alone: how far the prediction stays on track shows what the model remembers.
-
-    Returns: (T, C, 3·h, S·w) float in [0, 1]: rows truth / prediction / |error|, S sequences.
-    """
-    batch = replay.sample(VIDEO_SEQUENCES, seq_len)
-    # Replay-context keys (start/...) have no time axis; open-loop starts from the initial state.
-    batch = {key: value for key, value in batch.items() if not key.startswith("start/")}
-    device = next(agent.world_model.parameters()).device
-    with torch.no_grad():
-        data = to_tensors(batch, device)
-        pred = agent.world_model.open_loop(data, min(VIDEO_CONTEXT, seq_len))["image"]  # (S, T, h, w, C)
-        truth = data["image"].float() / 255.0
-        frames = torch.cat([truth, pred, (pred - truth).abs()], 2)  # (S, T, 3h, w, C)
-    S, T, H, W, C = frames.shape
-    return frames.permute(1, 4, 2, 0, 3).reshape(T, C, H, S * W).cpu()  # sequences side by side
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary folder, then swapped in, so one complete checkpoint always exists
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _torch_save(obj: Any, path: str) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _link_tree(src: str, dst: str) -> None:
-    """Hard-link every file of `src` into a new folder `dst` (copy where links are unsupported).
-
-    Replay chunk files never change once written (a save writes new names, then renames), so a
-    link shares them safely and the next save writes only the chunks that are new.
-    """
-    os.makedirs(dst)
-    for name in os.listdir(src):
-        try:
-            os.link(os.path.join(src, name), os.path.join(dst, name))
-        except OSError:
-            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-
-
-def rng_states() -> dict[str, Any]:
-    """The global RNG states the agent draws from (torch, and Python's for completeness)."""
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_checkpoint(
-    logdir: str,
-    cfg: Config,
-    agent: Agent,
-    replay: SequenceReplay,
-    progress: Progress,
-    rng: np.random.Generator,
-) -> None:
-    """Write `logdir/checkpoint`: weights and optimisers, counters, RNG states, replay, config.
-
-    Everything goes into `checkpoint.tmp`, is fsynced, then renamed into place; the previous
-    checkpoint is kept (as `checkpoint.old` during the swap) until the new one is complete.
-    """
-    final = os.path.join(logdir, CHECKPOINT)
-    tmp, old = final + ".tmp", final + ".old"
-    if not os.path.isdir(final) and os.path.isdir(old):
-        os.replace(old, final)  # a previous save stopped mid-swap: `old` is the complete one
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    if os.path.isdir(os.path.join(final, "replay")):
-        _link_tree(os.path.join(final, "replay"), os.path.join(tmp, "replay"))
-    # The replay saves to the same `tmp` path every time, so it recognises its earlier chunks there.
-    replay.save(os.path.join(tmp, "replay"))
-    _torch_save(agent.state_dict(), os.path.join(tmp, "agent.pt"))
-    loop = {"progress": dataclasses.asdict(progress), "rng": rng_states(), "numpy": rng.bit_generator.state}
-    _torch_save(loop, os.path.join(tmp, "loop.pt"))
-    save_config(cfg, os.path.join(tmp, "config.yaml"))
-    _fsync(os.path.join(tmp, "config.yaml"))
-    _fsync(tmp)
-    if os.path.isdir(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(logdir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(path: str) -> str:
-    """The checkpoint folder `path` names: a checkpoint itself, or a run folder that holds one."""
-    for candidate in (path, os.path.join(path, CHECKPOINT), os.path.join(path, CHECKPOINT + ".old")):
-        if all(os.path.isfile(os.path.join(candidate, name)) for name in ("agent.pt", "loop.pt")):
-            return candidate
-    if not os.path.exists(path):
-        raise RunError(f"checkpoint '{path}' not found")
-    raise RunError(f"no checkpoint in '{path}' (expected agent.pt and loop.pt in it or in {CHECKPOINT}/)")
-
-
-def _torch_load(path: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the user's to fix, not a crash
-        message = str(err).splitlines()[0] if str(err) else ""
-        raise RunError(f"cannot read checkpoint file '{path}': {type(err).__name__}: {message}") from None
-
-
-def load_weights(checkpoint: str, agent: Agent) -> None:
-    try:
-        agent.load_state_dict(_torch_load(os.path.join(checkpoint, "agent.pt")))
-    except (AssertionError, RuntimeError, KeyError, ValueError) as err:
-        message = " ".join(str(err).split())[:300]
-        raise RunError(f"checkpoint '{checkpoint}' does not fit the config's agent: {message}") from None
-
-
-def load_loop_state(checkpoint: str) -> tuple[Progress, dict[str, Any]]:
-    """Counters and RNG states of a checkpoint."""
-    loop = _torch_load(os.path.join(checkpoint, "loop.pt"))
-    try:
-        return Progress(**loop["progress"]), loop
-    except (KeyError, TypeError) as err:
-        raise RunError(f"checkpoint '{checkpoint}' has a bad loop.pt: {type(err).__name__}: {err}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -391,6 +171,11 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def crossed(every: int, before: int, after: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]; never when `every` is 0."""
+    return every > 0 and after // every > before // every
 
 
 def train(cfg: Config, resume: str | None) -> int:
@@ -421,10 +206,7 @@ def train(cfg: Config, resume: str | None) -> int:
         agent = make_agent(cfg, env)
         replay = make_replay(cfg, env.num_envs)
         if resume:
-            load_weights(resume, agent)
-            replay.load(os.path.join(resume, "replay"))
-            set_rng_states(loop_state["rng"])
-            rng.bit_generator.state = loop_state["numpy"]
+            restore_checkpoint(resume, loop_state, agent, replay, rng)
             # The run's config now holds this session's overrides (e.g. a larger train.steps).
             save_config(cfg, os.path.join(logdir, "config.yaml.tmp"))
             os.replace(os.path.join(logdir, "config.yaml.tmp"), os.path.join(logdir, "config.yaml"))
@@ -435,7 +217,7 @@ def train(cfg: Config, resume: str | None) -> int:
         if resume:
             logger.event(progress.env_steps, event="resume", replay_steps=len(replay))
         else:
-            logger.writer.add_text("config", "```\n" + Path(logdir, "config.yaml").read_text() + "\n```")
+            logger.text("config", "```\n" + Path(logdir, "config.yaml").read_text() + "\n```")
 
         counts = agent.parameter_counts()
         print(
@@ -460,7 +242,8 @@ def train(cfg: Config, resume: str | None) -> int:
         step, state = env.reset(), agent.initial_state(env.num_envs)
         while progress.env_steps < tc.steps and not stop.requested:
             # Act: the policy observes step t (resetting its state where is_first) and picks a_t.
-            for _, ret, length in episodes.observe(step):
+            for i, ret, length in episodes.observe(step):
+                logger.episode(progress.env_steps, i, ret, length)
                 window["episode/return"].append(ret)
                 window["episode/length"].append(length)
                 recent.append(ret)
@@ -552,7 +335,7 @@ def eval_only(checkpoint_path: str, overrides: list[str], logdir: str | None, se
         start = time.time()
         result = evaluate(agent, env, cfg.train.eval_episodes)
     os.makedirs(logdir, exist_ok=True)
-    with Logger(logdir) as logger:
+    with Logger(logdir, episode_log=False) as logger:
         logger.scalars(step, {**result, "eval/episodes": cfg.train.eval_episodes})
     print(
         f"eval return {result['eval/return']:.3f} (mean over {cfg.train.eval_episodes} episodes, "
@@ -572,31 +355,53 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise RunError(f"{message} (see --help)")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line: every flag with its default; --help adds the examples of the module doc."""
+    defaults = f"default (no --preset): --preset {DEFAULT_PRESETS} {' '.join(DEFAULT_OVERRIDES)}"
     parser = _ArgumentParser(
         prog="run_agent.py",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0] + "\n\n" + textwrap.fill(defaults, 96, subsequent_indent="    "),
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. agent.horizon=10"
+    add = parser.add_argument
+    add(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides after the presets, e.g. agent.horizon=10 'env.options={max_steps: 16}' "
+        "(every key: configs/schema.py); with --resume or --eval-only, on top of the run's saved config",
     )
-    parser.add_argument(
+    add(
         "--preset",
         metavar="NAME[,NAME...]",
         help=f"config presets, later ones win (default: {DEFAULT_PRESETS} with "
         f"{' '.join(DEFAULT_OVERRIDES)}); available: {', '.join(list_presets())}",
     )
-    parser.add_argument("--env", metavar="ID", help="environment id suite:task (sets env.name)")
-    parser.add_argument("--logdir", metavar="DIR", help="run folder (default: runs/<env>-<model>-<time>)")
-    parser.add_argument("--steps", type=int, metavar="N", help="env steps to train for (sets train.steps)")
-    parser.add_argument("--seed", type=int, metavar="S", help="seed of torch, numpy and the envs")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    mode.add_argument(
-        "--eval-only", metavar="CHECKPOINT", help="evaluate a checkpoint (or a run folder's latest one)"
+    add("--env", metavar="ID", help=f"env id suite:task, sets env.name; suites: {', '.join(envs.SUITES)}")
+    add(
+        "--logdir",
+        metavar="DIR",
+        help="folder of a new run (default: runs/<env>-<world_model>-<time>), or of --eval-only's "
+        "results (default: <run folder>/eval-<time>); it must not hold a run",
     )
+    add("--steps", type=int, metavar="N", help="env steps over all training envs, sets train.steps")
+    add("--seed", type=int, metavar="S", help="seed of torch, numpy and the envs, sets seed (default: 0)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its config"
+    )
+    mode.add_argument(
+        "--eval-only",
+        metavar="CHECKPOINT",
+        help="evaluate a checkpoint (or a run folder's latest) for train.eval_episodes greedy episodes; "
+        "eval/return and eval/length go to metrics.jsonl",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = make_parser()
     args = parser.parse_intermixed_args(argv)
     if (args.resume or args.eval_only) and (args.preset or args.env):
         parser.error("--preset and --env cannot change the config of an existing run")

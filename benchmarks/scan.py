@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -79,12 +80,10 @@ def main() -> None:
     last_naive = None  # (T, seconds) of the last naive run, to predict the next one
     for T in sorted(args.T):
         lam, keep, b, x0, cot = make_inputs(args.B, T, args.P, device)
-        ours = best_time(fwd_bwd(lambda *a: linear_recurrence(*a, method=ours_method), lam, keep, b, x0, cot), 5)
-        other = best_time(
-            fwd_bwd(lambda *a: linear_recurrence(*a, method=other_method), lam, keep, b, x0, cot), 3
-        )
-        a = torch.randn_like(b)
-        elementwise = best_time(lambda: torch.addcmul(b.detach(), a, b.detach()), 5)
+        ours = best_time(fwd_bwd(partial(linear_recurrence, method=ours_method), lam, keep, b, x0, cot), 5)
+        other = best_time(fwd_bwd(partial(linear_recurrence, method=other_method), lam, keep, b, x0, cot), 3)
+        coeff, inputs = torch.randn_like(b), b.detach()
+        elementwise = best_time(partial(torch.addcmul, inputs, coeff, inputs), 5)
         # The autograd loop grows faster than linearly in T; predict quadratically to be safe.
         predicted = None if last_naive is None else last_naive[1] * (T / last_naive[0]) ** 2
         if predicted is not None and predicted > NAIVE_LIMIT_S:
@@ -106,12 +105,14 @@ def main() -> None:
         )
 
     if args.json:
-        print(json.dumps({"device": str(device), "method": ours_method, "B": args.B, "P": args.P, "rows": rows}))
+        meta = {"device": str(device), "method": ours_method, "B": args.B, "P": args.P}
+        print(json.dumps({**meta, "rows": rows}))
         return
     print(f"linear recurrence fwd+bwd, B={args.B}, P={args.P} complex64, 1% resets, device={device}")
     print(f"ours = {ours_method}; {other_method} shown for reference")
-    header = f"{'T':>6} {'ours':>10} {other_method:>12} {'naive loop':>11} {'elementwise':>12} {'naive/ours':>11} {'ours/elem':>10}"
-    print(header)
+    columns = ("ours", other_method, "naive loop", "elementwise", "naive/ours", "ours/elem")
+    widths = (10, 12, 11, 12, 11, 10)
+    print(f"{'T':>6} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for r in rows:
         naive = "skipped" if r["naive_s"] is None else f"{r['naive_s']:.4f}s"
         ratio = "-" if r["naive_over_ours"] is None else f"{r['naive_over_ours']:.0f}x"

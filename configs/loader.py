@@ -288,6 +288,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
         key: _NON_NEGATIVE
         for key in (
             "seed",
+            "threads",
             "model.mlp_layers",
             "model.head_layers",
             "model.dyn_scale",

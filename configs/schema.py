@@ -134,6 +134,7 @@ class Config:
     seed: int = 0  # seeds torch, numpy and the environments
     logdir: str = ""  # run folder; empty means runs/<env>-<world_model>-<time>
     device: str = "auto"  # auto picks cuda when available
+    threads: int = 0  # torch intra-op CPU threads; 0 keeps torch's default (one per core)
     world_model: str = "s3m"  # s3m (R2I) or rssm (DreamerV3 baseline)
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -65,8 +66,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
     return logdir, result
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def read_metrics(logdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(logdir / "metrics.jsonl")
 
 
 def replay_steps(checkpoint: Path) -> int:
@@ -107,6 +112,35 @@ def test_tensorboard_holds_the_scalars(finished_run):
     assert [event.step for event in events.Scalars("wm/total_loss")] == [40, 60]
 
 
+def test_episodes_log_has_one_line_per_training_episode(finished_run):
+    logdir, _ = finished_run
+    episodes = read_jsonl(logdir / "episodes.jsonl")
+    progress = torch.load(logdir / "checkpoint" / "loop.pt", weights_only=True)["progress"]
+    assert len(episodes) == progress["episodes"] >= 1
+    for episode in episodes:
+        assert list(episode) == ["step", "return", "length", "env"]
+        assert type(episode["step"]) is int and 0 < episode["step"] <= 60
+        assert type(episode["return"]) is float and type(episode["length"]) is int
+        assert episode["env"] == 0  # the debug preset has one training env
+    assert [e["step"] for e in episodes] == sorted(e["step"] for e in episodes)
+
+    # A log's episode/return and episode/length are the means over the episodes that finished
+    # since the previous log, which acted before it: their step lies in [previous log, log).
+    metrics = read_metrics(logdir)
+    previous = 0
+    for log in [m for m in metrics if "perf/env_steps_per_s" in m]:
+        window = [e for e in episodes if previous <= e["step"] < log["step"]]
+        assert ("episode/return" in log) == bool(window)
+        if window:
+            assert log["episode/return"] == pytest.approx(np.mean([e["return"] for e in window]))
+            assert log["episode/length"] == pytest.approx(np.mean([e["length"] for e in window]))
+        previous = log["step"]
+
+    # Evaluations stay in metrics.jsonl, each with the env step it was taken at.
+    evals = [m for m in metrics if "eval/return" in m]
+    assert evals and all(set(m) == {"step", "eval/return", "eval/length"} for m in evals)
+
+
 def test_resume_continues_counters_and_replay(finished_run, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(finished_run[0], logdir)
@@ -123,6 +157,8 @@ def test_resume_continues_counters_and_replay(finished_run, tmp_path):
     metrics = read_metrics(logdir)
     assert {"step": 60, "event": "resume", "replay_steps": 60} in metrics
     assert metrics[-1]["step"] == 100
+    episodes, before = read_jsonl(logdir / "episodes.jsonl"), read_jsonl(finished_run[0] / "episodes.jsonl")
+    assert len(episodes) == progress["episodes"] and episodes[: len(before)] == before  # appended to
 
     # The budget is spent: resuming again without a larger one is refused.
     again = cli("--resume", str(logdir))
@@ -208,6 +244,18 @@ def test_corrupt_checkpoint_is_one_error_line(finished_run, tmp_path, capsys):
     assert run_agent.main(["--eval-only", str(checkpoint)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "agent.pt" in err
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_agent.main(["--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for action in run_agent.make_parser()._actions:
+        assert action.help, action.dest
+        assert all(flag in text for flag in action.option_strings) and (action.metavar or "") in text
+    assert f"--preset {run_agent.DEFAULT_PRESETS} {' '.join(run_agent.DEFAULT_OVERRIDES)}" in text
+    assert "python run_agent.py --preset debug" in text
 
 
 def test_command_line_error_exits_2_without_traceback():
