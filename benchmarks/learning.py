@@ -1,0 +1,251 @@
+"""The project's learning targets: train each one's variants and seeds, then write docs/results.md.
+
+    python benchmarks/learning.py                                   # every target, full budgets
+    python benchmarks/learning.py --targets cartpole --seeds 0 --steps 5000   # a quick look
+    python benchmarks/learning.py --redraw                          # rebuild the page only
+
+`TARGETS` below holds each target's env, variants, presets, overrides, budget, metric and goal;
+edit it there. The runs of target NAME go to `OUT/NAME/<variant>/seed<k>` (OUT: `--out`, default
+runs/learning) and are launched, skipped when finished, read and summarised by
+`benchmarks/compare.py`. The page `DOCS/results.md` (DOCS: `--docs`, default docs/) has a row per
+target and variant (result as mean ± 95% CI over seeds, the goal, `met` or **missed**, wall
+time and the exact run command) and links one learning-curve plot per target,
+`DOCS/curves_NAME.png`. Text under a `## Analysis` heading of an existing page is kept when the
+page is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+# Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import compare  # noqa: E402
+
+ANALYSIS = "## Analysis"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One learning target: what to run, how to score it, and the score to reach."""
+
+    env: str
+    variants: tuple[str, ...]  # names of `compare.VARIANTS`
+    preset: str
+    steps: int  # env steps per run
+    metric: str  # "return": final eval (or last 10% of training episodes); "success": returns > 0
+    goal: float  # the mean over seeds must reach this
+    overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2)
+    last_episodes: int = 1000  # episodes the success metric reads
+
+
+TARGETS: dict[str, Target] = {
+    # R2I keeps success about 0.95 up to 50 memory steps where DreamerV3 collapses after about 20
+    # (DESIGN.md §7); memory_len/15 is memory length 30.
+    "bsuite_memory_len_30": Target(
+        env="bsuite:memory_len/15",
+        variants=("s3m:hidden", "rssm"),
+        preset="bsuite,cpu",
+        steps=40_000,
+        metric="success",
+        goal=0.95,
+        # R2I's BSuite train ratio of 1024 is one update per env step: about 1 env step/s on a CPU.
+        overrides=("train.train_ratio=64", "train.eval_every=10000"),
+        seeds=(0,),
+    ),
+    # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7). The same run as `python run_agent.py`.
+    "popgym_repeat_previous_easy": Target(
+        env="popgym:RepeatPreviousEasy",
+        variants=("s3m:hidden",),
+        preset="popgym,cpu",
+        steps=20_000,
+        metric="return",
+        goal=0.8,
+        overrides=("train.eval_every=5000", "train.checkpoint_every=5000"),
+        seeds=(0,),
+    ),
+    # A fully observed control task: the output-state policy (z_t, h_t) is enough.
+    "cartpole": Target(
+        env="gym:CartPole-v1",
+        variants=("s3m:output",),
+        preset="cpu",
+        steps=60_000,
+        metric="return",
+        goal=450.0,
+        overrides=("train.eval_every=10000", "train.eval_episodes=5"),
+        seeds=(0,),
+    ),
+}
+
+
+def with_overrides(target: Target, seeds: Sequence[int] | None, steps: int | None) -> Target:
+    """`target` with the command line's seeds and budget, where given."""
+    return dataclasses.replace(
+        target,
+        seeds=tuple(seeds) if seeds else target.seeds,
+        steps=steps or target.steps,
+    )
+
+
+def plan(name: str, target: Target, out: Path, threads: int) -> list[compare.RunSpec]:
+    """The runs of one target, in `out/name/<variant>/seed<k>`."""
+    return compare.plan_runs(
+        out / name,
+        target.variants,
+        target.seeds,
+        target.preset,
+        target.env,
+        target.steps,
+        target.overrides,
+        threads,
+    )
+
+
+def metric_text(target: Target) -> str:
+    if target.metric == "success":
+        return f"success: returns > 0 over the last {target.last_episodes} episodes"
+    return "return: final eval (or last 10% of episodes)"
+
+
+def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, all_seeds: bool) -> list[str]:
+    """The table rows of one target (a row per variant) after drawing its learning curves.
+
+    all_seeds: read every seed folder found, not only the target's seeds.
+    """
+    runs = compare.read_runs(out / name, target.variants, None if all_seeds else target.seeds)
+    if runs:
+        compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {compare.describe(runs)}")
+    specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
+    rows = []
+    for variant in target.variants:
+        logs = runs.get(variant, [])
+        command = compare.run_command(logs) or compare.display_command(specs[variant].args)
+        budget = max((log.budget or 0 for log in logs), default=0) or target.steps
+        if logs:
+            summary = compare.summarize(variant, logs, target.metric, target.last_episodes)
+            mean, half = summary.final
+            result, wall = compare.fmt(mean, half), compare.fmt_seconds(summary.wall_s)
+            status = "met" if mean >= target.goal else "**missed**"
+            seeds = ", ".join(log.logdir.name.removeprefix("seed") for log in logs)
+        else:
+            result, wall, status, seeds = "n/a", "n/a", "**missed** (not run)", "none"
+        rows.append(
+            f"| {name} | {target.env} | {variant} | {budget:,} | {seeds} | {metric_text(target)} | "
+            f"{result} | ≥ {target.goal:g} | {status} | {wall} | `{command}` |"
+        )
+    return rows
+
+
+def kept_analysis(page: Path) -> str:
+    """The `## Analysis` section of an existing page (written by hand), or a placeholder."""
+    if page.is_file():
+        text = page.read_text()
+        at = text.find("\n" + ANALYSIS)
+        if at >= 0:
+            return text[at + 1 :].rstrip() + "\n"
+    return f"{ANALYSIS}\n\nNot written yet.\n"
+
+
+def write_page(
+    names: Sequence[str],
+    targets: dict[str, Target],
+    out: Path,
+    docs: Path,
+    threads: int = 1,
+    all_seeds: bool = False,
+) -> Path:
+    """Write `docs/results.md` and the curve plots from the runs under `out`; returns the page."""
+    docs.mkdir(parents=True, exist_ok=True)
+    page = docs / "results.md"
+    rows = [row for name in names for row in target_rows(name, targets[name], out, docs, threads, all_seeds)]
+    text = [
+        "# Learning results",
+        "",
+        "The learning targets of `benchmarks/learning.py`, each run with every seed listed; runs "
+        f"read from `{compare.short_path(out)}` (OUT), page rebuilt {time.strftime('%Y-%m-%d %H:%M')}. "
+        "A target is met when the mean over seeds reaches it. Commands: S is each seed; every run "
+        "also gets `--logdir OUT/<target>/<variant>/seed<S>`.",
+        "",
+        "| target | env | variant | budget (env steps) | seeds | metric | result | target | status "
+        "| wall time / run | command |",
+        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | --- |",
+        *rows,
+        "",
+        compare.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
+        "same launch in parallel beside it.",
+        "",
+    ]
+    for name in names:
+        if (docs / f"curves_{name}.png").is_file():
+            text += [f"## {name}", "", f"![{name}](curves_{name}.png)", ""]
+    page.write_text("\n".join(text) + "\n" + kept_analysis(page))
+    return page
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--targets", help=f"comma-separated, of {', '.join(TARGETS)} (default: all)")
+    add("--seeds", help="comma-separated seeds for every target (default: each target's)")
+    add("--steps", type=int, help="env steps per run for every target (default: each target's)")
+    add(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "learning",
+        help="folder of the runs (default: runs/learning)",
+    )
+    add("--docs", type=Path, default=ROOT / "docs", help="folder of results.md and the plots (default: docs)")
+    add("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    add("--jobs", type=int, help="parallel runs (default: CPU cores // threads)")
+    add("--redraw", action="store_true", help="only rebuild the page from the runs in --out")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = compare.parse_list(args.targets) if args.targets else list(TARGETS)
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown:
+        print(f"error: unknown target {unknown[0]}; choose from {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    seeds = compare.parse_list(args.seeds, int) if args.seeds else None
+    targets = {name: with_overrides(TARGETS[name], seeds, args.steps) for name in names}
+    out = args.out.resolve()
+    failed: list[compare.RunSpec] = []
+    if not args.redraw:
+        # One pool for every target's runs, so the cores stay busy until the last run.
+        specs = [spec for name in names for spec in plan(name, targets[name], out, args.threads)]
+        try:
+            compare.check_reusable(specs)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        try:
+            failed = compare.run_all(specs, args.jobs or compare.default_jobs(args.threads), args.threads)
+        except KeyboardInterrupt:
+            print("interrupted; the same command resumes the stopped runs", file=sys.stderr)
+            return compare.EXIT_INTERRUPTED
+    # A redraw shows every seed it finds, unless --seeds names some.
+    all_seeds = args.redraw and seeds is None
+    page = write_page(names, targets, out, args.docs.resolve(), args.threads, all_seeds)
+    print(f"wrote {page}")
+    if failed:
+        print(f"{len(failed)} runs failed; their logs are named above", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

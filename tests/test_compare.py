@@ -1,0 +1,171 @@
+"""Tests of benchmarks/compare.py and benchmarks/learning.py: statistics, metrics and pages from
+synthetic run folders, and one tiny comparison trained end to end, then redrawn without training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
+
+from benchmarks import compare, learning  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(
+    logdir: Path,
+    returns: list[float],
+    evals: Sequence[float] = (),
+    budget: int = 1000,
+    env: str = "popgym:RepeatPreviousEasy",
+    args: list[str] | None = None,
+) -> None:
+    """A run folder as run_agent.py and compare.py leave it, with the given episode returns."""
+    logdir.mkdir(parents=True)
+    (logdir / "config.yaml").write_text(yaml.safe_dump({"env": {"name": env}, "train": {"steps": budget}}))
+    steps = np.linspace(1, budget, len(returns)).astype(int)
+    episodes = [{"step": int(s), "return": float(r), "length": 10, "env": 0} for s, r in zip(steps, returns)]
+    (logdir / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    metrics = [{"step": s, "perf/env_steps_per_s": 100.0, "episode/return": 0.0} for s in (250, 500)]
+    metrics += [
+        {"step": 500 * (i + 1), "eval/return": value, "eval/length": 10.0} for i, value in enumerate(evals)
+    ]
+    # A torn last line, as while a run is still writing, must be skipped.
+    (logdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 7')
+    marker = {"args": args or ["--preset", "debug", "--seed", "0"], "wall_s": 12.0}
+    (logdir / compare.MARKER).write_text(json.dumps(marker))
+
+
+def test_t_quantile_and_confidence_interval():
+    assert compare.t_quantile(1) == pytest.approx(12.706, abs=1e-3)
+    assert compare.t_quantile(4) == pytest.approx(2.776, abs=1e-3)
+    assert compare.t_quantile(40) == pytest.approx(2.0211, abs=5e-4)  # beyond the table
+    assert compare.t_quantile(10**6) == pytest.approx(statistics.NormalDist().inv_cdf(0.975), abs=1e-4)
+    mean, half = compare.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.3027 * 1.0 / math.sqrt(3), rel=1e-4)
+    assert compare.mean_ci([5.0]) == (5.0, None)  # one seed: no interval
+    assert compare.fmt(*compare.mean_ci([1.0, 2.0, 3.0])) == "2.000 ± 2.484"
+    assert compare.fmt(451.25, 3.0) == "451.2 ± 3.0"
+
+
+def test_success_metric(tmp_path: Path):
+    # Seed 0: 950 of its first 1000 episodes succeed, then every other one of the last 500: the
+    # last 1000 hold 500 + 250 successes, the best 1000 (from episode 50 on) 950 + 25.
+    # Seed 1: 0.85 throughout.
+    first = [-1.0] * 50 + [1.0] * 950
+    fake_run(tmp_path / "rssm" / "seed0", first + [1.0, -1.0] * 250)
+    fake_run(tmp_path / "rssm" / "seed1", ([1.0] * 17 + [-1.0] * 3) * 75)
+    runs = compare.read_runs(tmp_path, ["rssm"])["rssm"]
+    assert [run.logdir.name for run in runs] == ["seed0", "seed1"]
+    assert compare.run_scores(runs[0], "success", 1000) == (0.75, 0.975, "episodes")
+    assert compare.success_rate(np.array([1.0, -1.0, 0.0, 2.0]), 3) == pytest.approx(1 / 3)
+    summary = compare.summarize("rssm", runs, "success", 1000)
+    assert summary.final[0] == pytest.approx(0.8)
+    assert summary.final[1] == pytest.approx(12.7062 * 0.05, rel=1e-4)  # t(1) * sd / sqrt(2)
+    assert summary.wall_s == 12.0 and summary.steps_per_s == pytest.approx(100.0)
+
+    assert compare.main(["--redraw", "--out", str(tmp_path), "--metric", "success"]) == 0
+    page = (tmp_path / "results.md").read_text()
+    assert "| rssm | 2 | 0.800 ± 0.635 |" in page
+    assert "success (last 1000 episodes)" in page
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_return_metric_eval_or_episodes(tmp_path: Path):
+    fake_run(tmp_path / "with_eval", [0.0] * 20, evals=[0.2, 0.9, 0.6])
+    fake_run(tmp_path / "no_eval", [0.0] * 18 + [1.0, 0.5])
+    with_eval, no_eval = compare.read_run(tmp_path / "with_eval"), compare.read_run(tmp_path / "no_eval")
+    assert compare.run_scores(with_eval, "return", 1000) == (0.6, 0.9, "eval")
+    # Without evaluations: the last 10% of episodes (2 of 20), best over any 2 consecutive ones.
+    assert compare.run_scores(no_eval, "return", 1000) == (0.75, 0.75, "episodes")
+    assert compare.read_run(tmp_path / "nothing_here") is None
+
+
+def test_binned_curve():
+    edges = np.array([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    curve = compare.binned_curve(np.array([15, 35, 36]), np.array([1.0, 2.0, 4.0]), edges)
+    # Nothing before the first episode, carried over an empty bin, nothing after the last one.
+    np.testing.assert_array_equal(curve, [np.nan, 1.0, 1.0, 3.0, np.nan])
+
+
+def test_learning_redraw_writes_page(tmp_path: Path):
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    for seed in (0, 1):
+        fake_run(out / "bsuite_memory_len_30" / "s3m-hidden" / f"seed{seed}", [1.0] * 1200)
+        fake_run(out / "bsuite_memory_len_30" / "rssm" / f"seed{seed}", [1.0, -1.0] * 600)
+        fake_run(out / "cartpole" / "s3m-output" / f"seed{seed}", [100.0] * 50, evals=[480.0 + seed])
+    # Run as a user would, as a script, which also checks that it finds benchmarks/compare.py.
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--redraw"]
+    command += ["--out", str(out), "--docs", str(docs)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    page = (docs / "results.md").read_text()
+    rows = {line.split(" | ")[2]: line for line in page.splitlines() if line.startswith("| bsuite")}
+    assert "| 1.000 ± 0.000 | ≥ 0.95 | met |" in rows["s3m:hidden"]
+    assert "| 0.500 ± 0.000 | ≥ 0.95 | **missed** |" in rows["rssm"]
+    assert "| cartpole | gym:CartPole-v1 | s3m:output | 1,000 | 0, 1 |" in page
+    assert "480.5 ± 6.4 | ≥ 450 | met | 12 s | `python run_agent.py --preset debug --seed S` |" in page
+    assert "| popgym_repeat_previous_easy |" in page and "**missed** (not run)" in page
+    for name in ("bsuite_memory_len_30", "cartpole"):
+        assert (docs / f"curves_{name}.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert not (docs / "curves_popgym_repeat_previous_easy.png").exists()
+
+    # Hand-written analysis survives a rebuild.
+    (docs / "results.md").write_text(page.replace("Not written yet.", "Memory holds at 30 steps."))
+    learning.main(["--redraw", "--out", str(out), "--docs", str(docs), "--targets", "cartpole"])
+    page = (docs / "results.md").read_text()
+    assert "Memory holds at 30 steps." in page and "| bsuite" not in page
+
+
+def files_and_times(folder: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def test_tiny_comparison_then_redraw(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "cmp"
+    argv = ["--preset", "debug", "--env", "popgym:RepeatPreviousEasy", "--steps", "150"]
+    argv += ["--variants", "s3m:hidden,rssm", "--seeds", "0,1", "--out", str(out)]
+    assert compare.main(argv) == 0, capsys.readouterr()
+    page = (out / "results.md").read_text()
+    for variant in ("s3m:hidden", "rssm"):
+        row = next(line for line in page.splitlines() if line.startswith(f"| {variant} |"))
+        assert row.count("±") == 2 and "| 2 |" in row, row
+        assert (out / compare.variant_dir(variant) / "seed1" / compare.RUN_LOG).is_file()
+    assert "popgym:RepeatPreviousEasy, 150 env steps" in page
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert plt.imread(out / "curves.png").ndim == 3
+
+    # Finished runs are not run again, and --redraw only rewrites the table and the plot.
+    runs_before = files_and_times(out / "s3m-hidden") | files_and_times(out / "rssm")
+    (out / "results.md").unlink()
+    (out / "curves.png").unlink()
+    assert compare.main(argv) == 0
+    assert "4 of 4 runs already finished" in capsys.readouterr().out
+    assert compare.main(["--redraw", "--out", str(out)]) == 0
+    assert (out / "results.md").read_text().splitlines()[:6] == page.splitlines()[:6]
+    assert (out / "curves.png").is_file()
+    assert files_and_times(out / "s3m-hidden") | files_and_times(out / "rssm") == runs_before
+
+    # Another budget in the same folder is refused rather than mixed in.
+    assert compare.main([*argv[:4], "--steps", "300", *argv[6:]]) == 2
+
+
+def test_failed_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    argv = ["--preset", "debug", "--env", "popgym:NoSuchTask", "--steps", "50", "--variants", "rssm"]
+    assert compare.main([*argv, "--seeds", "0", "--out", str(tmp_path)]) == 1
+    log = tmp_path / "rssm" / "seed0" / compare.RUN_LOG
+    assert f"FAILED  rssm seed 0 (exit 2): see {log}" in capsys.readouterr().out
+    assert "error:" in log.read_text()

@@ -1,0 +1,224 @@
+"""The RSSM world model: shapes, step/observe agreement with sampling, reset alignment, learning."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configs import load_config
+from world_model import RSSM
+from world_model.base import stack_states
+
+A = 3
+VECTOR = {"vector": ((5,), np.float32)}
+IMAGE = {"image": ((16, 16, 3), np.uint8)}
+DICT = {"image": ((16, 16, 3), np.uint8), "vector": ((4,), np.float32)}
+
+
+def make_model(obs_space, **overrides):
+    cfg = load_config(["debug"], [f"{k}={v}" for k, v in overrides.items()])
+    torch.manual_seed(0)
+    return RSSM(obs_space, A, cfg.model, cfg.rssm), cfg
+
+
+def make_batch(obs_space, B, T, reset_at=(), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    batch = {}
+    for key, (shape, dtype) in obs_space.items():
+        if dtype == np.uint8:
+            batch[key] = torch.randint(0, 256, (B, T, *shape), generator=gen, dtype=torch.uint8)
+        else:
+            batch[key] = torch.randn(B, T, *shape, generator=gen)
+    batch["action"] = F.one_hot(torch.randint(A, (B, T), generator=gen), A).float()
+    batch["reward"] = torch.randn(B, T, generator=gen)
+    batch["is_first"] = torch.zeros(B, T, dtype=torch.bool)
+    batch["is_first"][:, 0] = True
+    for t in reset_at:
+        batch["is_first"][:, t] = True
+    batch["is_last"] = torch.zeros(B, T, dtype=torch.bool)
+    batch["is_terminal"] = torch.zeros(B, T, dtype=torch.bool)
+    return batch
+
+
+def deterministic_latents(model):
+    """Replace sampling by the straight-through mode so runs with different RNG use can be compared."""
+
+    def mode(logits):
+        dist = model._latent_dist(logits)
+        return (dist.mode() + dist.probs - dist.probs.detach()).flatten(-2)
+
+    model._sample_latent = mode
+
+
+def step_through(model, batch, state=None):
+    """`step` one time step at a time, setting each action after its step: states with leading (B, T)."""
+    obs_keys = [k for k in batch if k in model.obs_space]
+    B, T = batch["is_first"].shape
+    state = model.initial_state(B) if state is None else state
+    states = []
+    for t in range(T):
+        state = model.step(state, {k: batch[k][:, t] for k in obs_keys}, batch["is_first"][:, t])
+        states.append(state)
+        state = {**state, "action": batch["action"][:, t]}
+    return stack_states(states, dim=1), state
+
+
+@pytest.mark.parametrize("obs_space", [VECTOR, IMAGE, DICT], ids=["vector", "image", "dict"])
+@pytest.mark.parametrize("B,T", [(1, 1), (2, 7), (3, 16)])
+def test_observe_shapes(obs_space, B, T):
+    model, cfg = make_model(obs_space)
+    batch = make_batch(obs_space, B, T)
+    post, losses, metrics, last = model.observe(batch)
+    S = cfg.model.stoch_groups * cfg.model.stoch_classes
+    H = cfg.model.hidden
+    assert post["z"].shape == (B, T, S) and post["logits"].shape == (B, T, S)
+    assert post["h"].shape == (B, T, H)
+    assert set(last) == {"z", "h", "action"}
+    assert last["z"].shape == (B, S) and last["h"].shape == (B, H) and last["action"].shape == (B, A)
+    assert ((post["z"] == 0) | (post["z"] == 1)).all() and (post["z"].sum(-1) == cfg.model.stoch_groups).all()
+    for key in [*obs_space, "reward", "cont", "dyn", "rep", "total"]:
+        assert losses[key].dim() == 0 and torch.isfinite(losses[key]), key
+        assert f"wm/{key}_loss" in metrics
+    for policy_input in ("output", "hidden", "full"):
+        assert model.feature_dim(policy_input) == S + H
+        assert model.features(post, policy_input).shape == (B, T, S + H)
+    recon = model.open_loop(batch, context=min(T, 3))
+    for key, (shape, _) in obs_space.items():
+        assert recon[key].shape == (B, T, *shape)
+
+
+def test_step_equals_observe_with_sampling():
+    """`step` one step at a time gives observe's posterior, prior and samples, resets included.
+
+    Both paths draw one uniform per latent group per time step in the same order, so reseeding the
+    RNG before each makes their (exactly one-hot) samples identical.
+    """
+    model, _ = make_model(DICT)
+    batch = make_batch(DICT, 3, 12, reset_at=(4, 9))
+    torch.manual_seed(1)
+    post, _, _, last = model.observe(batch)
+    torch.manual_seed(1)
+    stepped, state = step_through(model, batch)
+    torch.testing.assert_close(stepped["z"], post["z"], rtol=0, atol=0)
+    torch.testing.assert_close(stepped["h"], post["h"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.prior_logits(stepped), model.prior_logits(post), rtol=1e-5, atol=1e-5)
+    for key in ("z", "h", "action"):
+        torch.testing.assert_close(state[key], last[key], rtol=1e-5, atol=1e-5)
+    # The samples really are random: another seed changes them.
+    torch.manual_seed(2)
+    other, _, _, _ = model.observe(batch)
+    assert not torch.equal(other["z"], post["z"])
+
+
+def test_latents_prior_is_prior_of_h():
+    """The prior logits `_latents` returns are p(z | h_t) of its own posterior states."""
+    model, _ = make_model(VECTOR)
+    batch = make_batch(VECTOR, 2, 6, reset_at=(3,))
+    embed = model.encoder(batch)
+    post, prior_logits, _ = model._latents(embed, batch["action"], batch["is_first"], model.initial_state(2))
+    torch.testing.assert_close(prior_logits, model.prior_logits(post))
+
+
+def test_reset_alignment():
+    """After an in-sequence boundary, posterior and prior equal those of the new episode alone."""
+    model, _ = make_model(DICT)
+    deterministic_latents(model)
+    cut = 5
+    batch = make_batch(DICT, 2, 12, reset_at=(cut,))
+    batch["is_first"][:, 0] = False  # the sample continues an episode, so the carried state matters
+    carried = model.initial_state(2)
+    carried["h"] = torch.randn_like(carried["h"])
+    carried["z"] = model._latent_dist(torch.randn_like(carried["z"])).mode().flatten(-2)
+    carried["action"] = torch.ones_like(carried["action"])
+    post, _, _, _ = model.observe(batch, carried)
+    alone, _, _, _ = model.observe({k: v[:, cut:] for k, v in batch.items()})
+    for key in ("z", "h", "logits"):
+        torch.testing.assert_close(post[key][:, cut:], alone[key], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.prior_logits(post)[:, cut:], model.prior_logits(alone), rtol=1e-5, atol=1e-5
+    )
+    # ...and before the boundary the carried state matters, so the check above is not vacuous.
+    fresh, _, _, _ = model.observe(batch)
+    assert (fresh["h"][:, :cut] - post["h"][:, :cut]).abs().max() > 1e-4
+
+
+def test_reset_uses_learned_initial_state():
+    """At is_first the previous h is tanh(w), z the prior's mode there, a zero; w gets gradients."""
+    model, _ = make_model(VECTOR)
+    deterministic_latents(model)
+    with torch.no_grad():
+        model.initial_deter.normal_()
+    init = model.initial_state(2)
+    torch.testing.assert_close(init["h"], torch.tanh(model.initial_deter).expand(2, -1))
+    expected_z = model._latent_dist(model.prior(init["h"])).mode().flatten(-2)
+    torch.testing.assert_close(init["z"], expected_z)
+    batch = make_batch(VECTOR, 2, 6, reset_at=(3,))
+    _, losses, _, _ = model.observe(batch)
+    (grad,) = torch.autograd.grad(losses["total"], [model.initial_deter])
+    assert grad.abs().sum() > 0
+
+
+def test_imagine_shapes():
+    model, cfg = make_model(VECTOR)
+    post, _, _, _ = model.observe(make_batch(VECTOR, 2, 5))
+    start = {k: v.reshape(10, *v.shape[2:]) for k, v in post.items()}
+
+    def policy(state):
+        return F.one_hot(torch.randint(A, (state["z"].shape[0],)), A).float()
+
+    traj = model.imagine(start, policy, horizon=4)
+    S = cfg.model.stoch_groups * cfg.model.stoch_classes
+    assert set(traj) == {"z", "h", "action"}
+    assert traj["z"].shape == (5, 10, S) and traj["h"].shape == (5, 10, cfg.model.hidden)
+    assert traj["action"].shape == (5, 10, A)
+    torch.testing.assert_close(traj["h"][0], start["h"])
+    assert model.reward(traj).shape == (5, 10) and model.cont(traj).shape == (5, 10)
+    assert model.features(traj, "hidden").shape == (5, 10, model.feature_dim("hidden"))
+
+
+def test_gru_cell_update_bias_and_norm():
+    """With zero weights the gates are σ(0)=0.5 and σ(-1): h moves towards tanh(0.5·0)=0 by σ(-1)."""
+    model, _ = make_model(VECTOR)
+    with torch.no_grad():
+        model.gru.linear.weight.zero_()
+    h = torch.randn(4, model.cfg.hidden)
+    out = model.gru(torch.randn(4, model.gru.in_dim), h)
+    torch.testing.assert_close(out, (1 - torch.sigmoid(torch.tensor(-1.0))) * h)
+    plain, _ = make_model(VECTOR, **{"rssm.gru_layer_norm": False})
+    assert plain.gru.linear.bias is not None and isinstance(plain.gru.norm, torch.nn.Identity)
+    assert model.gru.linear.bias is None and isinstance(model.gru.norm, torch.nn.LayerNorm)
+
+
+def test_update_reduces_loss():
+    model, _ = make_model(VECTOR, **{"model.lr": 1e-3})
+    batch = make_batch(VECTOR, 4, 8)
+
+    def loss():
+        torch.manual_seed(3)
+        return model.observe(batch)[1]["total"].item()
+
+    before = loss()
+    for _ in range(15):
+        model.update(batch)
+    assert loss() < before
+    assert {g["weight_decay"] for g in model.opt.param_groups} == {model.cfg.weight_decay}
+
+
+def test_observe_in_chunks_continues_from_last_state():
+    """Observing [0, k) then [k, T) from the returned last state equals observing [0, T) at once."""
+    model, _ = make_model(VECTOR)
+    deterministic_latents(model)
+    batch = make_batch(VECTOR, 2, 9, reset_at=(6,))
+    whole, _, _, _ = model.observe(batch)
+    first, _, _, last = model.observe({k: v[:, :4] for k, v in batch.items()})
+    second, _, _, _ = model.observe({k: v[:, 4:] for k, v in batch.items()}, last)
+    for key in ("z", "h", "logits"):
+        torch.testing.assert_close(torch.cat([first[key], second[key]], 1), whole[key])
+
+
+def test_rejects_a_foreign_state():
+    model, _ = make_model(VECTOR)
+    state = model.initial_state(2)
+    state["h"] = torch.zeros(2, model.cfg.hidden + 1)
+    with pytest.raises(AssertionError, match="state\\['h'\\]"):
+        model.observe(make_batch(VECTOR, 2, 3), state)
