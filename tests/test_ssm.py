@@ -138,3 +138,13 @@ def test_zero_initial_state_is_a_buffer():
     layer = S5Layer(4, 8)
     assert "x_init" not in dict(layer.named_parameters())
     assert torch.equal(layer.initial_state(3), torch.zeros(3, 8, dtype=torch.complex64))
+
+
+def test_step_without_resets_equals_all_false_mask():
+    stack = make_stack("zoh", learn_init=True, scan="chunked")
+    u = torch.randn(3, 12)
+    x = torch.randn(3, 2, 8, dtype=torch.complex64)
+    y_none, x_none = stack.step(u, None, x)
+    y_mask, x_mask = stack.step(u, torch.zeros(3, dtype=torch.bool), x)
+    torch.testing.assert_close(y_none, y_mask)
+    torch.testing.assert_close(x_none, x_mask)

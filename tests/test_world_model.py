@@ -173,3 +173,16 @@ def test_optimizer_groups_and_update():
     for _ in range(20):
         model.update(batch)
     assert model.observe(batch)[1]["total"].item() < before
+
+
+def test_kl_terms_match_their_definition():
+    """dyn and rep equal KL[q || p] of the unimixed categoricals, summed over groups (no free bits)."""
+    model, cfg = make_model(VECTOR, **{"model.free_nats": 0.0})
+    deterministic_latents(model)
+    batch = make_batch(VECTOR, 2, 6, reset_at=(3,))
+    post, losses, _, _ = model.observe(batch)
+    q = torch.distributions.Categorical(probs=model._latent_dist(post["logits"]).probs)
+    p = torch.distributions.Categorical(probs=model._latent_dist(model.prior_logits(post)).probs)
+    expected = torch.distributions.kl_divergence(q, p).sum(-1).mean()  # groups summed, then (B, T) mean
+    torch.testing.assert_close(losses["dyn"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["rep"], expected, rtol=1e-5, atol=1e-6)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from configs.schema import ModelConfig
-from world_model.distributions import OneHotCategorical, kl_categorical
+from world_model.distributions import OneHotCategorical
 from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, TwoHotHead
 from world_model.ssm import S5Layer
 
@@ -136,7 +136,8 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         feats = self.head_features(post)  # (B, T, H + S·C)
         nll = self.decoder.loss(feats, batch)
-        nll["reward"] = -self.reward_head(feats).log_prob(batch["reward"])
+        reward_dist = self.reward_head(feats)
+        nll["reward"] = -reward_dist.log_prob(batch["reward"])
         cont_target = (~batch["is_terminal"]).float()
         nll["cont"] = -self.cont_head(feats).log_prob(cont_target)
         scales = {"reward": cfg.reward_scale, "cont": cfg.cont_scale}
@@ -147,11 +148,14 @@ class WorldModel(nn.Module):
 
         # KL balancing (DV3): the dynamics term trains the prior towards sg(q), the representation
         # term trains the posterior towards sg(p); each summed over groups, then clipped below.
+        # The unimixed log-probabilities are normalised already, so KL[q || p] = Σ q (log q - log p)
+        # is computed from them directly, once for each stop-gradient pattern.
         groups = (B, T, cfg.stoch_groups, cfg.stoch_classes)
-        q = self._latent_dist(post["logits"]).logits.reshape(groups)
-        p = self._latent_dist(prior_logits).logits.reshape(groups)
-        kl_dyn = kl_categorical(q.detach(), p).sum(-1)  # (B, T)
-        kl_rep = kl_categorical(q, p.detach()).sum(-1)
+        log_q = self._latent_dist(post["logits"]).logits.reshape(groups)
+        log_p = self._latent_dist(prior_logits).logits.reshape(groups)
+        q = log_q.exp()
+        kl_dyn = (q.detach() * (log_q.detach() - log_p)).sum((-2, -1))  # (B, T)
+        kl_rep = (q * (log_q - log_p.detach())).sum((-2, -1))
         dyn = torch.clamp(kl_dyn, min=cfg.free_nats)
         rep = torch.clamp(kl_rep, min=cfg.free_nats)
 
@@ -164,9 +168,9 @@ class WorldModel(nn.Module):
         with torch.no_grad():
             metrics = {f"wm/{k}_loss": v.item() for k, v in losses.items()}
             metrics["wm/kl"] = kl_dyn.mean().item()
-            metrics["wm/post_entropy"] = self._latent_dist(post["logits"]).entropy().sum(-1).mean().item()
-            metrics["wm/prior_entropy"] = self._latent_dist(prior_logits).entropy().sum(-1).mean().item()
-            metrics["wm/reward_mae"] = (self.reward_head(feats).mean() - batch["reward"]).abs().mean().item()
+            metrics["wm/post_entropy"] = -(q * log_q).sum((-2, -1)).mean().item()
+            metrics["wm/prior_entropy"] = -(log_p.exp() * log_p).sum((-2, -1)).mean().item()
+            metrics["wm/reward_mae"] = (reward_dist.mean() - batch["reward"]).abs().mean().item()
         return post, losses, metrics, last_state
 
     def make_optimizer(self) -> torch.optim.Optimizer:

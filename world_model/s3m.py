@@ -72,8 +72,15 @@ class S3M(WorldModel):
             "action": torch.zeros(batch_size, self.action_dim, device=device),
         }
 
-    def _seq_input(self, z_prev: torch.Tensor, a_prev: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
-        """u_t from (z_{t-1}, a_{t-1}), both zeroed where the episode restarts: (…, H)."""
+    def _seq_input(
+        self, z_prev: torch.Tensor, a_prev: torch.Tensor, is_first: torch.Tensor | None
+    ) -> torch.Tensor:
+        """u_t from (z_{t-1}, a_{t-1}), both zeroed where the episode restarts: (…, H).
+
+        `is_first=None` means no step restarts (imagination).
+        """
+        if is_first is None:
+            return self.inp(torch.cat([z_prev, a_prev], -1))
         keep = (~is_first).unsqueeze(-1).to(z_prev.dtype)
         return self.inp(torch.cat([z_prev * keep, a_prev * keep], -1))
 
@@ -103,9 +110,8 @@ class S3M(WorldModel):
 
     def _img_step(self, state: State, action: torch.Tensor) -> State:
         """One prior step from (z_t, a_t, x_t): the next z from p(z | h), no resets."""
-        no_reset = torch.zeros(action.shape[0], dtype=torch.bool, device=action.device)
-        u = self._seq_input(state["z"], action, no_reset)
-        y, x = self.ssm.step(u, no_reset, state["x"])
+        u = self._seq_input(state["z"], action, None)
+        y, x = self.ssm.step(u, None, state["x"])
         h = self.out(y)
         return {"z": self._sample_latent(self.prior(h)), "h": h, "x": x}
 

@@ -150,12 +150,16 @@ class S5Layer(nn.Module):
         return self._output(x, u), x
 
     def step(
-        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+        self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step mode: u (B, H) float32, is_first (B,) bool, x_prev (B, P) complex64 -> y (B, H), x (B, P)."""
+        """Step mode: u (B, H) float32, is_first (B,) bool, x_prev (B, P) complex64 -> y (B, H), x (B, P).
+
+        `is_first=None` means no step restarts (imagination), which skips the reset select.
+        """
         lam_bar, B_bar = self.discretize()
-        x_init = torch.view_as_complex(self.x_init.contiguous())
-        x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
+        if is_first is not None:
+            x_init = torch.view_as_complex(self.x_init.contiguous())
+            x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
         x = lam_bar * x_prev + self._input(u, B_bar)
         return self._output(x, u), x
 
@@ -230,9 +234,12 @@ class SSMStack(nn.Module):
         return u, torch.stack(states, dim=2)
 
     def step(
-        self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
+        self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step mode: u (B, H), is_first (B,) bool, x_prev (B, K, P) -> y (B, H), x (B, K, P)."""
+        """Step mode: u (B, H), is_first (B,) bool, x_prev (B, K, P) -> y (B, H), x (B, K, P).
+
+        `is_first=None` means no step restarts (imagination).
+        """
         states = []
         for k, block in enumerate(self.layers):
             u, x = block.step(u, is_first, x_prev[:, k])
