@@ -1,55 +1,19 @@
 """The S3M world model: shapes, reset alignment, step/parallel agreement, KL balancing, optimiser."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from world_model_data import DICT, IMAGE, VECTOR, A, deterministic_latents, make_batch
 
 from configs import load_config
 from world_model import S3M
 from world_model.base import stack_states
-
-A = 3
 
 
 def make_model(obs_space, **overrides):
     cfg = load_config(["debug"], [f"{k}={v}" for k, v in overrides.items()])
     torch.manual_seed(0)
     return S3M(obs_space, A, cfg.model, cfg.s3m), cfg
-
-
-def make_batch(obs_space, B, T, reset_at=(), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    batch = {}
-    for key, (shape, dtype) in obs_space.items():
-        if dtype == np.uint8:
-            batch[key] = torch.randint(0, 256, (B, T, *shape), generator=gen, dtype=torch.uint8)
-        else:
-            batch[key] = torch.randn(B, T, *shape, generator=gen)
-    batch["action"] = F.one_hot(torch.randint(A, (B, T), generator=gen), A).float()
-    batch["reward"] = torch.randn(B, T, generator=gen)
-    batch["is_first"] = torch.zeros(B, T, dtype=torch.bool)
-    batch["is_first"][:, 0] = True
-    for t in reset_at:
-        batch["is_first"][:, t] = True
-    batch["is_last"] = torch.zeros(B, T, dtype=torch.bool)
-    batch["is_terminal"] = torch.zeros(B, T, dtype=torch.bool)
-    return batch
-
-
-def deterministic_latents(model):
-    """Replace sampling by the straight-through mode so two runs can be compared exactly."""
-
-    def mode(logits):
-        dist = model._latent_dist(logits)
-        return (dist.mode() + dist.probs - dist.probs.detach()).flatten(-2)
-
-    model._sample_latent = mode
-
-
-VECTOR = {"vector": ((5,), np.float32)}
-IMAGE = {"image": ((16, 16, 3), np.uint8)}
-DICT = {"image": ((16, 16, 3), np.uint8), "vector": ((4,), np.float32)}
 
 
 @pytest.mark.parametrize("obs_space", [VECTOR, IMAGE, DICT], ids=["vector", "image", "dict"])
