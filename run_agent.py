@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import random
 import signal
@@ -454,7 +455,25 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
+
+    Every update allocates and frees the same large activations; by default glibc unmaps blocks
+    above a dynamic threshold and trims the heap, so each update pays again for fresh zeroed pages
+    (measured: `Agent.train` about 10% faster at the `cpu` size, up to 1.7x for image updates).
+    A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # the largest value glibc accepts
+    libc.mallopt(m_trim_threshold, 2**30)
+
+
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     try:
         args = parse_args(argv)
         if args.eval_only:
