@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,30 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
+# Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.runlogs import (  # noqa: E402
+    CI_NOTE,
+    MARKER,
+    METRICS,
+    PARTIAL,
+    RunLog,
+    Summary,
+    binned_curve,
+    describe,
+    mean_ci,
+    read_marker,
+    read_runs,
+    run_command,
+    summarize,
+    variant_dir,
+)
+
 RUN_AGENT = ROOT / "run_agent.py"
-MARKER = "compare.json"  # written into a run folder once its run succeeded
-PARTIAL = "compare.partial.json"  # written when a run stopped early, for the next launch to resume
 EXIT_INTERRUPTED = 130  # run_agent.py's status when Ctrl-C stopped it after saving a checkpoint
 RUN_LOG = "run.log"
 
@@ -58,8 +77,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "rssm": ("world_model=rssm",),
 }
 DEFAULT_VARIANTS = "s3m:hidden,rssm"
-METRICS = ("return", "success")
-LAST_FRACTION = 0.1  # without evaluations, a run's final return is that of its last 10% of episodes
 CURVE_BINS = 40
 METRIC_NOTES = {  # how a results page says what its numbers are
     "return": "Final and best return: the last and the best evaluation (`eval/return`) of each run; "
@@ -69,64 +86,9 @@ METRIC_NOTES = {  # how a results page says what its numbers are
     "last {last}; best success: the highest such fraction over any {last} consecutive episodes.",
 }
 
-# Two-sided 95% quantiles of Student's t (0.975 quantile) for 1-30 degrees of freedom; scipy is no
-# dependency of this project, and these are the values every statistics table prints.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-_Z975 = 1.959964
-CI_NOTE = (
-    "± is the half-width of a 95% confidence interval of the mean over seeds: t(0.975, n-1) s/√n "
-    "with the sample standard deviation s (t tabulated up to 30 degrees of freedom, a Cornish-Fisher "
-    "expansion beyond); one seed gives no interval."
-)
-
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
-
-
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` >= 1 degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975  # beyond the table the expansion is within 2e-4 of the exact quantile
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, 95% half-width) of `values`; the half-width is None for fewer than two values."""
-    x = np.asarray(values, np.float64)
-    if len(x) == 0:
-        return math.nan, None
-    if len(x) == 1:
-        return float(x[0]), None
-    return float(x.mean()), t_quantile(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-
-
-def success_rate(returns: np.ndarray, last: int) -> float:
-    """Fraction of the last `last` episodes (all of them if fewer) whose return is positive."""
-    return float(np.mean(np.asarray(returns)[-last:] > 0)) if len(returns) else math.nan
-
-
-def window_means(values: np.ndarray, window: int) -> np.ndarray:
-    """Means of every run of `window` consecutive values (all of them if fewer)."""
-    window = max(1, min(window, len(values)))
-    sums = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
-    return (sums[window:] - sums[:-window]) / window
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs: what to launch, launching, and reading their logs back
-
-
-def variant_dir(variant: str) -> str:
-    """The folder name of a variant (no ':', which some file systems and tools refuse)."""
-    return variant.replace(":", "-")
+# Runs: what to launch, and launching them
 
 
 @dataclasses.dataclass
@@ -163,14 +125,6 @@ def plan_runs(
             args += [*VARIANTS[variant], *overrides, f"threads={threads}"]
             specs.append(RunSpec(variant, seed, out / variant_dir(variant) / f"seed{seed}", args))
     return specs
-
-
-def read_marker(logdir: Path, name: str = MARKER) -> dict[str, Any] | None:
-    """The marker `name` of a run folder (MARKER: finished, PARTIAL: stopped), or None."""
-    try:
-        return json.loads((logdir / name).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def check_reusable(specs: Sequence[RunSpec]) -> None:
@@ -262,137 +216,34 @@ def run_all(specs: Sequence[RunSpec], jobs: int, threads: int = 1) -> list[RunSp
             raise
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file; a torn last line (a run still writing) is skipped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
-@dataclasses.dataclass
-class RunLog:
-    """What a run folder's logs say, as far as a comparison needs."""
-
-    logdir: Path
-    config: dict[str, Any]  # the resolved config.yaml ({} if missing)
-    evals: list[tuple[int, float]]  # (env step, eval/return)
-    episode_steps: np.ndarray  # env step at which each training episode ended
-    episode_returns: np.ndarray
-    steps_per_s: float | None  # training throughput over the logged windows
-    wall_s: float | None  # the whole run, process start to exit (from the marker)
-    args: list[str] | None  # run_agent.py arguments (from the marker)
-
-    @property
-    def budget(self) -> int | None:
-        return self.config.get("train", {}).get("steps")
-
-
-def read_run(logdir: Path) -> RunLog | None:
-    """The logs of the run in `logdir`, or None when it holds no episodes and no evaluations, or
-    when it is a run this script launched that has not finished (it would bias the comparison).
+def launch_runs(plan: Callable[[], Sequence[RunSpec]], jobs: int | None, threads: int) -> list[RunSpec] | int:
+    """What the command lines of compare.py and learning.py do before reading the runs: plan them,
+    refuse runs made with other arguments, and launch the unfinished ones (`jobs` at a time,
+    default: CPU cores // `threads`). Returns the runs that failed, or the exit status to stop with
+    after printing why: 2 for a bad plan or folders in the way, EXIT_INTERRUPTED after Ctrl-C.
     """
-    if read_marker(logdir, PARTIAL) is not None and read_marker(logdir) is None:
-        return None
-    metrics = read_jsonl(logdir / "metrics.jsonl")
-    episodes = [e for e in read_jsonl(logdir / "episodes.jsonl") if "return" in e and "step" in e]
-    evals = [(int(m["step"]), float(m["eval/return"])) for m in metrics if "eval/return" in m]
-    if not episodes and not evals:
-        return None
     try:
-        config = yaml.safe_load((logdir / "config.yaml").read_text()) or {}
-    except OSError:
-        config = {}
-    # Log windows span equal step counts, so the harmonic mean of their rates is steps / time.
-    rates = [m["perf/env_steps_per_s"] for m in metrics if m.get("perf/env_steps_per_s", 0) > 0]
-    marker = read_marker(logdir) or {}
-    return RunLog(
-        logdir=logdir,
-        config=config,
-        evals=evals,
-        episode_steps=np.array([e["step"] for e in episodes], np.int64),
-        episode_returns=np.array([e["return"] for e in episodes], np.float64),
-        steps_per_s=len(rates) / sum(1.0 / r for r in rates) if rates else None,
-        wall_s=marker.get("wall_s"),
-        args=marker.get("args"),
-    )
+        specs = plan()
+        check_reusable(specs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run_all(specs, jobs or default_jobs(threads), threads)
+    except KeyboardInterrupt:
+        print("interrupted; the same command resumes the stopped runs", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def read_runs(
-    out: Path, variants: Sequence[str], seeds: Sequence[int] | None = None
-) -> dict[str, list[RunLog]]:
-    """The readable runs under `out/<variant>/seed<k>` per variant (every seed folder if no `seeds`)."""
-    runs: dict[str, list[RunLog]] = {}
-    for variant in variants:
-        folder = out / variant_dir(variant)
-        if seeds is None:
-            logdirs = sorted(folder.glob("seed*"), key=lambda p: (len(p.name), p.name))
-        else:
-            logdirs = [folder / f"seed{seed}" for seed in seeds]
-        logs = [log for log in map(read_run, logdirs) if log is not None]
-        if logs:
-            runs[variant] = logs
-    return runs
+def exit_status(failed: Sequence[RunSpec]) -> int:
+    """A command line's exit status once its results are written: 1, said why, if runs failed."""
+    if failed:
+        print(f"{len(failed)} runs failed; their logs are named above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries: one number per run, then mean and interval over seeds
-
-
-@dataclasses.dataclass
-class Summary:
-    """A variant's results over its seeds: (mean, 95% half-width) pairs and means."""
-
-    variant: str
-    seeds: int
-    final: tuple[float, float | None]
-    best: tuple[float, float | None]
-    source: str  # where `final` and `best` come from: eval, episodes, or both (per run)
-    wall_s: float | None
-    steps_per_s: float | None
-
-
-def run_scores(run: RunLog, metric: str, last_episodes: int) -> tuple[float, float, str]:
-    """(final, best, source) of one run.
-
-    return: the last evaluation and the best one; without evaluations, the mean of the last 10%
-    of training episodes and the best mean over as many consecutive episodes.
-    success: the fraction of positive returns over the last `last_episodes` training episodes, and
-    the best such fraction over any `last_episodes` consecutive ones.
-    """
-    returns = run.episode_returns
-    if metric == "success":
-        if not len(returns):
-            return math.nan, math.nan, "episodes"
-        best = float(window_means(returns > 0, last_episodes).max())
-        return success_rate(returns, last_episodes), best, "episodes"
-    if run.evals:
-        values = [value for _, value in run.evals]
-        return values[-1], max(values), "eval"
-    window = max(1, math.ceil(LAST_FRACTION * len(returns)))
-    smoothed = window_means(returns, window)
-    return float(smoothed[-1]), float(smoothed.max()), "episodes"
-
-
-def summarize(
-    variant: str, runs: Sequence[RunLog], metric: str = "return", last_episodes: int = 1000
-) -> Summary:
-    scores = [run_scores(run, metric, last_episodes) for run in runs]
-    walls = [run.wall_s for run in runs if run.wall_s is not None]
-    rates = [run.steps_per_s for run in runs if run.steps_per_s is not None]
-    return Summary(
-        variant=variant,
-        seeds=len(runs),
-        final=mean_ci([s[0] for s in scores]),
-        best=mean_ci([s[1] for s in scores]),
-        source=", ".join(sorted({s[2] for s in scores})),
-        wall_s=float(np.mean(walls)) if walls else None,
-        steps_per_s=float(np.mean(rates)) if rates else None,
-    )
+# Results: a table and a plot per comparison
 
 
 def fmt(value: float | None, ci: float | None = None, digits: int | None = None) -> str:
@@ -426,25 +277,6 @@ def results_table(summaries: Sequence[Summary], metric: str, last_episodes: int)
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------
-# Learning curves
-
-
-def binned_curve(steps: np.ndarray, returns: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Mean return of the (non-empty) episodes ending in each step bin; an empty bin keeps the
-    previous bin's value. Bins before the first episode and after the last one are NaN.
-    """
-    bins = len(edges) - 1
-    index = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    means = np.bincount(index, returns, bins) / np.maximum(counts, 1)
-    # The bin each bin reads: itself when it holds episodes, else the last one before it that does.
-    source = np.maximum.accumulate(np.where(counts > 0, np.arange(bins), -1))
-    curve = np.where(source >= 0, means[np.maximum(source, 0)], np.nan)
-    curve[index.max() + 1 :] = np.nan
-    return curve
-
-
 def plot_curves(runs: dict[str, list[RunLog]], path: Path, title: str, bins: int = CURVE_BINS) -> None:
     """Training episode return against env steps: per variant the mean over seeds and its 95% band."""
     horizon = max(
@@ -474,28 +306,6 @@ def plot_curves(runs: dict[str, list[RunLog]], path: Path, title: str, bins: int
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def display_command(args: Sequence[str]) -> str:
-    """`python run_agent.py ARGS` with the seed spelled S, for runs that differ only in their seed."""
-    args = list(args)
-    if "--seed" in args[:-1]:
-        args[args.index("--seed") + 1] = "S"
-    return shlex.join(["python", "run_agent.py", *args])
-
-
-def run_command(runs: Sequence[RunLog]) -> str | None:
-    """The run_agent.py command of `runs` (from their markers), seed spelled S; None if unknown."""
-    args = next((run.args for run in runs if run.args is not None), None)
-    return None if args is None else display_command(args)
-
-
-def describe(runs: dict[str, list[RunLog]]) -> str:
-    """The title of a comparison, `<env>, <budget> env steps`, from the runs' configs."""
-    configs = [run.config for logs in runs.values() for run in logs]
-    env = next((c["env"]["name"] for c in configs if c.get("env", {}).get("name")), "unknown env")
-    budget = max((run.budget or 0 for logs in runs.values() for run in logs), default=0)
-    return f"{env}, {budget or '?'} env steps"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,19 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     failed: list[RunSpec] = []
     if not args.redraw:
-        try:
-            specs = plan_runs(
-                out, variants, seeds, args.preset, args.env, args.steps, args.overrides, args.threads
-            )
-            check_reusable(specs)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        try:
-            failed = run_all(specs, args.jobs or default_jobs(args.threads), args.threads)
-        except KeyboardInterrupt:
-            print("interrupted; the same command resumes the stopped runs", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        plan = functools.partial(
+            plan_runs, out, variants, seeds, args.preset, args.env, args.steps, args.overrides, args.threads
+        )
+        launched = launch_runs(plan, args.jobs, args.threads)
+        if isinstance(launched, int):
+            return launched
+        failed = launched
     runs = read_runs(out, variants, None if args.redraw and not args.seeds else seeds)
     if not runs:
         print(f"error: no run logs under {out} for {', '.join(variants)}", file=sys.stderr)
@@ -590,9 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = write_results(out, runs, args.metric, args.last_episodes)
     print(results_table(summaries, args.metric, args.last_episodes))
     print(f"wrote {out / 'results.md'} and {out / 'curves.png'}")
-    if failed:
-        print(f"{len(failed)} runs failed; their logs are named above", file=sys.stderr)
-    return 1 if failed else 0
+    return exit_status(failed)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@
 
 `TARGETS` below holds each target's env, variants, presets, overrides, budget, metric and goal;
 edit it there. The runs of target NAME go to `OUT/NAME/<variant>/seed<k>` (OUT: `--out`, default
-runs/learning) and are launched, skipped when finished, read and summarised by
-`benchmarks/compare.py`. The page `DOCS/results.md` (DOCS: `--docs`, default docs/) has a row per
-target and variant (result as mean ± 95% CI over seeds, the goal, `met` or **missed**, wall
-time and the exact run command) and links one learning-curve plot per target,
+runs/learning) and are launched and skipped when finished by `benchmarks/compare.py`, and read and
+summarised by `benchmarks/runlogs.py`. The page `DOCS/results.md` (DOCS: `--docs`, default docs/)
+has a row per target and variant (result as mean ± 95% CI over seeds, the goal, `met` or
+**missed**, wall time and the exact run command) and links one learning-curve plot per target,
 `DOCS/curves_NAME.png`. Text under a `## Analysis` heading of an existing page is kept when the
 page is rebuilt.
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import compare  # noqa: E402
+from benchmarks import compare, runlogs  # noqa: E402
 
 ANALYSIS = "## Analysis"
 
@@ -121,17 +121,17 @@ def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, 
 
     all_seeds: read every seed folder found, not only the target's seeds.
     """
-    runs = compare.read_runs(out / name, target.variants, None if all_seeds else target.seeds)
+    runs = runlogs.read_runs(out / name, target.variants, None if all_seeds else target.seeds)
     if runs:
-        compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {compare.describe(runs)}")
+        compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
     specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
     rows = []
     for variant in target.variants:
         logs = runs.get(variant, [])
-        command = compare.run_command(logs) or compare.display_command(specs[variant].args)
+        command = runlogs.run_command(logs) or runlogs.display_command(specs[variant].args)
         budget = max((log.budget or 0 for log in logs), default=0) or target.steps
         if logs:
-            summary = compare.summarize(variant, logs, target.metric, target.last_episodes)
+            summary = runlogs.summarize(variant, logs, target.metric, target.last_episodes)
             mean, half = summary.final
             result, wall = compare.fmt(mean, half), compare.fmt_seconds(summary.wall_s)
             status = "met" if mean >= target.goal else "**missed**"
@@ -180,7 +180,7 @@ def write_page(
         "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | --- |",
         *rows,
         "",
-        compare.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
+        runlogs.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
         "same launch in parallel beside it.",
         "",
     ]
@@ -227,24 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[compare.RunSpec] = []
     if not args.redraw:
         # One pool for every target's runs, so the cores stay busy until the last run.
-        specs = [spec for name in names for spec in plan(name, targets[name], out, args.threads)]
-        try:
-            compare.check_reusable(specs)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        try:
-            failed = compare.run_all(specs, args.jobs or compare.default_jobs(args.threads), args.threads)
-        except KeyboardInterrupt:
-            print("interrupted; the same command resumes the stopped runs", file=sys.stderr)
-            return compare.EXIT_INTERRUPTED
+        launched = compare.launch_runs(
+            lambda: [spec for name in names for spec in plan(name, targets[name], out, args.threads)],
+            args.jobs,
+            args.threads,
+        )
+        if isinstance(launched, int):
+            return launched
+        failed = launched
     # A redraw shows every seed it finds, unless --seeds names some.
     all_seeds = args.redraw and seeds is None
     page = write_page(names, targets, out, args.docs.resolve(), args.threads, all_seeds)
     print(f"wrote {page}")
-    if failed:
-        print(f"{len(failed)} runs failed; their logs are named above", file=sys.stderr)
-    return 1 if failed else 0
+    return compare.exit_status(failed)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
 
-from benchmarks import compare, learning  # noqa: E402
+from benchmarks import compare, learning, runlogs  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -47,18 +47,18 @@ def fake_run(
     # A torn last line, as while a run is still writing, must be skipped.
     (logdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 7')
     marker = {"args": args or ["--preset", "debug", "--seed", "0"], "wall_s": 12.0}
-    (logdir / compare.MARKER).write_text(json.dumps(marker))
+    (logdir / runlogs.MARKER).write_text(json.dumps(marker))
 
 
 def test_t_quantile_and_confidence_interval():
-    assert compare.t_quantile(1) == pytest.approx(12.706, abs=1e-3)
-    assert compare.t_quantile(4) == pytest.approx(2.776, abs=1e-3)
-    assert compare.t_quantile(40) == pytest.approx(2.0211, abs=5e-4)  # beyond the table
-    assert compare.t_quantile(10**6) == pytest.approx(statistics.NormalDist().inv_cdf(0.975), abs=1e-4)
-    mean, half = compare.mean_ci([1.0, 2.0, 3.0])
+    assert runlogs.t_quantile(1) == pytest.approx(12.706, abs=1e-3)
+    assert runlogs.t_quantile(4) == pytest.approx(2.776, abs=1e-3)
+    assert runlogs.t_quantile(40) == pytest.approx(2.0211, abs=5e-4)  # beyond the table
+    assert runlogs.t_quantile(10**6) == pytest.approx(statistics.NormalDist().inv_cdf(0.975), abs=1e-4)
+    mean, half = runlogs.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.3027 * 1.0 / math.sqrt(3), rel=1e-4)
-    assert compare.mean_ci([5.0]) == (5.0, None)  # one seed: no interval
-    assert compare.fmt(*compare.mean_ci([1.0, 2.0, 3.0])) == "2.000 ± 2.484"
+    assert runlogs.mean_ci([5.0]) == (5.0, None)  # one seed: no interval
+    assert compare.fmt(*runlogs.mean_ci([1.0, 2.0, 3.0])) == "2.000 ± 2.484"
     assert compare.fmt(451.25, 3.0) == "451.2 ± 3.0"
 
 
@@ -69,11 +69,11 @@ def test_success_metric(tmp_path: Path):
     first = [-1.0] * 50 + [1.0] * 950
     fake_run(tmp_path / "rssm" / "seed0", first + [1.0, -1.0] * 250)
     fake_run(tmp_path / "rssm" / "seed1", ([1.0] * 17 + [-1.0] * 3) * 75)
-    runs = compare.read_runs(tmp_path, ["rssm"])["rssm"]
+    runs = runlogs.read_runs(tmp_path, ["rssm"])["rssm"]
     assert [run.logdir.name for run in runs] == ["seed0", "seed1"]
-    assert compare.run_scores(runs[0], "success", 1000) == (0.75, 0.975, "episodes")
-    assert compare.success_rate(np.array([1.0, -1.0, 0.0, 2.0]), 3) == pytest.approx(1 / 3)
-    summary = compare.summarize("rssm", runs, "success", 1000)
+    assert runlogs.run_scores(runs[0], "success", 1000) == (0.75, 0.975, "episodes")
+    assert runlogs.success_rate(np.array([1.0, -1.0, 0.0, 2.0]), 3) == pytest.approx(1 / 3)
+    summary = runlogs.summarize("rssm", runs, "success", 1000)
     assert summary.final[0] == pytest.approx(0.8)
     assert summary.final[1] == pytest.approx(12.7062 * 0.05, rel=1e-4)  # t(1) * sd / sqrt(2)
     assert summary.wall_s == 12.0 and summary.steps_per_s == pytest.approx(100.0)
@@ -88,16 +88,16 @@ def test_success_metric(tmp_path: Path):
 def test_return_metric_eval_or_episodes(tmp_path: Path):
     fake_run(tmp_path / "with_eval", [0.0] * 20, evals=[0.2, 0.9, 0.6])
     fake_run(tmp_path / "no_eval", [0.0] * 18 + [1.0, 0.5])
-    with_eval, no_eval = compare.read_run(tmp_path / "with_eval"), compare.read_run(tmp_path / "no_eval")
-    assert compare.run_scores(with_eval, "return", 1000) == (0.6, 0.9, "eval")
+    with_eval, no_eval = runlogs.read_run(tmp_path / "with_eval"), runlogs.read_run(tmp_path / "no_eval")
+    assert runlogs.run_scores(with_eval, "return", 1000) == (0.6, 0.9, "eval")
     # Without evaluations: the last 10% of episodes (2 of 20), best over any 2 consecutive ones.
-    assert compare.run_scores(no_eval, "return", 1000) == (0.75, 0.75, "episodes")
-    assert compare.read_run(tmp_path / "nothing_here") is None
+    assert runlogs.run_scores(no_eval, "return", 1000) == (0.75, 0.75, "episodes")
+    assert runlogs.read_run(tmp_path / "nothing_here") is None
 
 
 def test_binned_curve():
     edges = np.array([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
-    curve = compare.binned_curve(np.array([15, 35, 36]), np.array([1.0, 2.0, 4.0]), edges)
+    curve = runlogs.binned_curve(np.array([15, 35, 36]), np.array([1.0, 2.0, 4.0]), edges)
     # Nothing before the first episode, carried over an empty bin, nothing after the last one.
     np.testing.assert_array_equal(curve, [np.nan, 1.0, 1.0, 3.0, np.nan])
 
