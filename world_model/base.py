@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from configs.schema import ModelConfig
-from world_model.distributions import OneHotCategorical
+from world_model.distributions import OneHotCategorical, kl_categorical
 from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, TwoHotHead
 from world_model.ssm import S5Layer
 
@@ -148,14 +148,13 @@ class WorldModel(nn.Module):
 
         # KL balancing (DV3): the dynamics term trains the prior towards sg(q), the representation
         # term trains the posterior towards sg(p); each summed over groups, then clipped below.
-        # The unimixed log-probabilities are normalised already, so KL[q || p] = Σ q (log q - log p)
-        # is computed from them directly, once for each stop-gradient pattern.
+        # The unimixed log-probabilities are normalised already, so they are computed once here
+        # and the KL and entropies skip re-normalising them.
         groups = (B, T, cfg.stoch_groups, cfg.stoch_classes)
         log_q = self._latent_dist(post["logits"]).logits.reshape(groups)
         log_p = self._latent_dist(prior_logits).logits.reshape(groups)
-        q = log_q.exp()
-        kl_dyn = (q.detach() * (log_q.detach() - log_p)).sum((-2, -1))  # (B, T)
-        kl_rep = (q * (log_q - log_p.detach())).sum((-2, -1))
+        kl_dyn = kl_categorical(log_q.detach(), log_p, normalized=True).sum(-1)  # (B, T)
+        kl_rep = kl_categorical(log_q, log_p.detach(), normalized=True).sum(-1)
         dyn = torch.clamp(kl_dyn, min=cfg.free_nats)
         rep = torch.clamp(kl_rep, min=cfg.free_nats)
 
@@ -168,7 +167,7 @@ class WorldModel(nn.Module):
         with torch.no_grad():
             metrics = {f"wm/{k}_loss": v.item() for k, v in losses.items()}
             metrics["wm/kl"] = kl_dyn.mean().item()
-            metrics["wm/post_entropy"] = -(q * log_q).sum((-2, -1)).mean().item()
+            metrics["wm/post_entropy"] = -(log_q.exp() * log_q).sum((-2, -1)).mean().item()
             metrics["wm/prior_entropy"] = -(log_p.exp() * log_p).sum((-2, -1)).mean().item()
             metrics["wm/reward_mae"] = (reward_dist.mean() - batch["reward"]).abs().mean().item()
         return post, losses, metrics, last_state

@@ -220,7 +220,7 @@ class OneHotCategorical:
         return -(self.probs * self.logits.clamp(min=torch.finfo(torch.float32).min)).sum(-1)
 
 
-def kl_categorical(q_logits: Tensor, p_logits: Tensor) -> Tensor:
+def kl_categorical(q_logits: Tensor, p_logits: Tensor, normalized: bool = False) -> Tensor:
     """KL[q || p] between categoricals over the last axis, per group.
 
     Pass the unimixed logits (`OneHotCategorical.logits`) so the KL is that of the distributions
@@ -230,14 +230,17 @@ def kl_categorical(q_logits: Tensor, p_logits: Tensor) -> Tensor:
     Args:
         q_logits: (..., S, C) float, logits of q (normalised here).
         p_logits: (..., S, C) float, logits of p.
+        normalized: both are log-probabilities already (as `OneHotCategorical.logits` are), so
+            the normalisation is skipped; the world-model loss calls this twice per update.
     Returns:
         (..., S) float32.
     """
     assert q_logits.shape == p_logits.shape, (
         f"kl_categorical: q {tuple(q_logits.shape)} vs p {tuple(p_logits.shape)}"
     )
-    log_q = F.log_softmax(q_logits.float(), -1)
-    log_p = F.log_softmax(p_logits.float(), -1)
+    log_q, log_p = q_logits.float(), p_logits.float()
+    if not normalized:
+        log_q, log_p = F.log_softmax(log_q, -1), F.log_softmax(log_p, -1)
     return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
