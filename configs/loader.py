@@ -289,6 +289,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
         for key in (
             "seed",
             "threads",
+            "agent.imag_starts",
             "model.mlp_layers",
             "model.head_layers",
             "model.dyn_scale",

@@ -93,6 +93,9 @@ class AgentConfig:
 
     policy_input: str = "hidden"  # output=(z,h), hidden=(z,x), full=(z,h,x); RSSM always reads (z,h)
     horizon: int = 15  # imagination horizon H
+    imag_starts: int = (
+        0  # imagine from this many of the B*T posterior states, drawn anew each update; 0: all (DV3)
+    )
     discount: float = 0.997  # gamma = 1 - 1/333
     return_lambda: float = 0.95  # lambda of the lambda-returns
     units: int = 512  # width of actor and critic MLPs

@@ -192,6 +192,24 @@ def test_action_spaces_train(discrete: bool, world_model: str) -> None:
     assert any(changed), "the actor did not move"
 
 
+@pytest.mark.parametrize("count", [0, 5, 12, 50])
+def test_imag_starts_picks_a_subset_of_the_posterior_states(count: int) -> None:
+    agent = make_agent(overrides=(f"agent.imag_starts={count}",))
+    batch = make_batch(True)  # B x T = 2 x 6 = 12 posterior states
+    seen = {}
+    update = agent.actor_critic.update
+
+    def spy(world_model, start, start_cont):
+        seen["start"], seen["cont"] = start, start_cont
+        return update(world_model, start, start_cont)
+
+    agent.actor_critic.update = spy
+    assert_finite(agent.train(batch))
+    expected = count if 0 < count < 12 else 12  # 0 or more than B*T: all of them
+    assert seen["cont"].shape == (expected,)
+    assert all(v.shape[0] == expected for v in seen["start"].values())
+
+
 def test_image_observations_train() -> None:
     space = {"image": ((16, 16, 3), np.uint8)}
     agent = make_agent(obs_space=space)

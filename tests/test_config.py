@@ -270,6 +270,7 @@ def test_overrides_as_a_bare_string_is_an_error():
         ("train.batch_size=0", "train.batch_size"),
         ("model.hidden=-4", "model.hidden"),
         ("agent.entropy=-1e-3", "agent.entropy"),
+        ("agent.imag_starts=-1", "agent.imag_starts"),
         ("s3m.dt_min=0.5", "s3m.dt_min"),
         ("s3m.blocks=3", "s3m.state_size"),
         ("agent.return_norm_low=99", "agent.return_norm_low"),

@@ -1,0 +1,143 @@
+"""How many world-model updates it takes to predict a reward that depends on a remembered cue.
+
+BSuite `memory_len` with memory length L shows a ±1 cue at the start of each episode; the reward
+at the last step is +1 if the last action matches the cue, -1 otherwise. Under random actions the
+reward is the product cue x action: neither alone says anything about it, so the reward head
+learns nothing until the sequence model carries the cue for L steps *and* the head combines it
+with the action. That is what the agent's imagination needs before its actor can learn anything
+on the memory tasks.
+
+For each memory length and latent size (groups x classes), the world model is trained offline on
+random-action episodes (B x T from the size preset) and, every `--every` updates, predicts the
+rewards of held-out episodes from its posterior states (teacher forcing). Printed per row: the
+first update at which the sign of the predicted final reward is right on at least 90% of
+held-out episodes ("-" if never), the final accuracy, and the posterior entropy (nats, summed
+over groups): the sampling noise that every step feeds into the sequence model.
+
+    python benchmarks/reward_recall.py                                   # S3M, L in 1 5, 4x4 and 16x16
+    python benchmarks/reward_recall.py --lengths 1 --latents 4x4 8x8 16x16 --updates 3000
+    python benchmarks/reward_recall.py --world-model rssm
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import envs  # noqa: E402
+from agent.agent import build_world_model  # noqa: E402
+from configs import load_config  # noqa: E402
+from replay import SequenceReplay  # noqa: E402
+from world_model.base import to_tensors  # noqa: E402
+
+TRAIN_STEPS, TEST_STEPS, TEST_SEQUENCES = 20_000, 4_000, 64
+GOAL = 0.9  # sign accuracy counted as "learned"
+WIDTHS = (8, 7, 10, 9, 13, 8)
+
+
+def sweep_id(memory_length: int) -> int:
+    """bsuite's memory_len sweep id of a memory length."""
+    from bsuite.experiments.memory_len import sweep
+
+    for i, setting in enumerate(sweep.SETTINGS):
+        if setting["memory_length"] == memory_length:
+            return i
+    lengths = [s["memory_length"] for s in sweep.SETTINGS]
+    raise SystemExit(f"error: memory length {memory_length} is not in bsuite's memory_len sweep {lengths}")
+
+
+def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
+    """`steps` random-action steps of `env_id` in a one-stream replay."""
+    replay = SequenceReplay.from_config(replay_cfg, 1, seed)
+    rng = np.random.default_rng(seed)
+    with envs.VectorEnv(env_id, 1, seed) as env:
+        step = env.reset()
+        for _ in range(steps):
+            action = np.eye(env.action_dim, dtype=np.float32)[rng.integers(env.action_dim, size=1)]
+            replay.add({**step, "action": action})
+            step = env.step(action)
+    return replay
+
+
+def run(args: argparse.Namespace, length: int, groups: int, classes: int) -> dict[str, float | int | None]:
+    env_id = f"bsuite:memory_len/{sweep_id(length)}"
+    overrides = [
+        f"env.name={env_id}",
+        f"world_model={args.world_model}",
+        f"model.stoch_groups={groups}",
+        f"model.stoch_classes={classes}",
+        *args.overrides,
+    ]
+    cfg = load_config(args.preset.split(","), overrides)
+    torch.manual_seed(args.seed)
+    train = collect(env_id, TRAIN_STEPS, args.seed, cfg.replay)
+    test = to_tensors(
+        collect(env_id, TEST_STEPS, args.seed + 1, cfg.replay).sample(TEST_SEQUENCES, 64), "cpu"
+    )
+    rewarded = test["reward"] != 0  # (B, T) the final steps
+    with envs.VectorEnv(env_id, 1, args.seed) as env:
+        model = build_world_model(cfg, env.obs_space, env.action_dim)
+    B, T = cfg.train.batch_size, cfg.train.seq_len
+    learned_at, accuracy, entropy, start = None, 0.0, 0.0, time.time()
+    for update in range(1, args.updates + 1):
+        model.update(to_tensors(train.sample(B, T), "cpu"))
+        if update % args.every == 0:
+            with torch.no_grad():
+                post, _, metrics, _ = model.observe(test)
+                predicted = model.reward(post)[rewarded]
+            accuracy = ((predicted > 0) == (test["reward"][rewarded] > 0)).float().mean().item()
+            entropy = metrics["wm/post_entropy"]
+            if learned_at is None and accuracy >= GOAL:
+                learned_at = update
+    seconds = (time.time() - start) / args.updates
+    return {"learned_at": learned_at, "accuracy": accuracy, "entropy": entropy, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 5], help="bsuite memory lengths")
+    parser.add_argument("--latents", nargs="+", default=["4x4", "16x16"], help="groups x classes of z_t")
+    parser.add_argument("--world-model", default="s3m", choices=["s3m", "rssm"])
+    parser.add_argument(
+        "--preset", default="bsuite,cpu", help="comma-separated presets (default: bsuite,cpu)"
+    )
+    parser.add_argument("--updates", type=int, default=2000, help="world-model updates per row")
+    parser.add_argument("--every", type=int, default=100, help="evaluate every this many updates")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.lr=1e-3")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    latents = []
+    for text in args.latents:
+        try:
+            groups, classes = (int(n) for n in text.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"error: --latents takes GROUPSxCLASSES, e.g. 4x4, not {text!r}") from None
+        latents.append((groups, classes))
+
+    print(
+        f"{args.world_model} world model, presets {args.preset}, {args.updates} updates, random actions; "
+        f"'learned': first update with sign accuracy >= {GOAL} on held-out final rewards"
+    )
+    header = ("memory L", "latent", "learned at", "final acc", "post H (nats)", "s/update")
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, WIDTHS)))
+    for length in args.lengths:
+        for groups, classes in latents:
+            row = run(args, length, groups, classes)
+            learned = "-" if row["learned_at"] is None else str(row["learned_at"])
+            print(
+                f"{length:>8} {f'{groups}x{classes}':>7} {learned:>10} {row['accuracy']:>9.3f} "
+                f"{row['entropy']:>13.2f} {row['seconds']:>8.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
