@@ -71,7 +71,7 @@ TARGETS: dict[str, Target] = {
         ),
         seeds=(0,),
     ),
-    # Not an issue target: the pipeline check beneath it. With memory length 1 the final reward
+    # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final reward
     # is cue x last action with the cue one step back, which `benchmarks/reward_recall.py` shows
     # the S3M world model learns offline in a few hundred updates with 4x4 latents (and not
     # within 2,000 with the `cpu` size's 16x16, whose posterior samples carry ~20 nats of noise on
