@@ -113,12 +113,14 @@ def test_learning_redraw_writes_page(tmp_path: Path):
     command += ["--out", str(out), "--docs", str(docs)]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     page = (docs / "results.md").read_text()
-    rows = {line.split(" | ")[2]: line for line in page.splitlines() if line.startswith("| bsuite")}
+    lines = page.splitlines()
+    rows = {line.split(" | ")[2]: line for line in lines if line.startswith("| bsuite_memory_len_30 |")}
     assert "| 1.000 ± 0.000 | ≥ 0.95 | met |" in rows["s3m:hidden"]
     assert "| 0.500 ± 0.000 | ≥ 0.95 | **missed** |" in rows["rssm"]
     assert "| cartpole | gym:CartPole-v1 | s3m:output | 1,000 | 0, 1 |" in page
     assert "480.5 ± 6.4 | ≥ 450 | met | 12 s | `python run_agent.py --preset debug --seed S` |" in page
     assert "| popgym_repeat_previous_easy |" in page and "**missed** (not run)" in page
+    assert "| bsuite_memory_len_1 | bsuite:memory_len/0 | rssm |" in page  # listed, not run
     for name in ("bsuite_memory_len_30", "cartpole"):
         assert (docs / f"curves_{name}.png").read_bytes().startswith(PNG_SIGNATURE)
     assert not (docs / "curves_popgym_repeat_previous_easy.png").exists()
