@@ -20,15 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402
 from agent import Agent  # noqa: E402
+from benchmarks.reward_recall import collect  # noqa: E402
 from configs import load_config  # noqa: E402
-from replay import SequenceReplay  # noqa: E402
 
 REPLAY_STEPS, WARMUP = 3000, 2
 
@@ -49,14 +48,8 @@ def measure(env_id: str, presets: list[str], overrides: list[str], updates: int)
     """Mean seconds of the world-model and actor-critic parts of one `Agent.train`."""
     cfg = load_config(presets, [f"env.name={env_id}", *overrides])
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    replay = collect(env_id, REPLAY_STEPS, 0, cfg.replay)
     with envs.VectorEnv(env_id, 1, 0) as env:
-        replay = SequenceReplay.from_config(cfg.replay, 1, 0)
-        step = env.reset()
-        for _ in range(REPLAY_STEPS):
-            action = np.eye(env.action_dim, dtype=np.float32)[rng.integers(env.action_dim, size=1)]
-            replay.add({**step, "action": action})
-            step = env.step(action)
         agent = Agent(cfg, env.obs_space, env.action_dim, env.discrete, torch.device("cpu"))
     wm, ac = [0.0], [0.0]
     agent.world_model.update = timed(agent.world_model.update, wm)

@@ -48,6 +48,17 @@ class Target:
     last_episodes: int = 1000  # episodes the success metric reads
 
 
+# The BSuite targets' CPU settings. R2I's train ratio of 1024 is one update per env step, about
+# 1 env step/s here. 4x4 latents: on these 3-number observations 16x16 posteriors stay ~20 nats
+# noisy and the world model then misses even a one-step cue x action reward (`reward_recall.py`).
+# Imagining from 256 of the 1024 posterior states makes an update ~3x cheaper (`agent_update.py`).
+BSUITE_CPU = (
+    "model.stoch_groups=4",
+    "model.stoch_classes=4",
+    "agent.imag_starts=256",
+    "train.train_ratio=64",
+)
+
 TARGETS: dict[str, Target] = {
     # R2I keeps success about 0.95 up to 50 memory steps where DreamerV3 collapses after about 20
     # (DESIGN.md §7); memory_len/15 is memory length 30.
@@ -58,24 +69,12 @@ TARGETS: dict[str, Target] = {
         steps=100_000,
         metric="success",
         goal=0.95,
-        # R2I's BSuite train ratio of 1024 is one update per env step: about 1 env step/s on a CPU.
-        # 4x4 latents: on these 3-number observations 16x16 posteriors stay ~20 nats noisy and the
-        # world model then misses even a one-step cue x action reward (`reward_recall.py`);
-        # imagining from 256 of the 1024 posterior states makes an update ~3x cheaper.
-        overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
-            "train.train_ratio=64",
-            "train.eval_every=20000",
-        ),
+        overrides=(*BSUITE_CPU, "train.eval_every=20000"),
         seeds=(0,),
     ),
-    # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final reward
-    # is cue x last action with the cue one step back, which `benchmarks/reward_recall.py` shows
-    # the S3M world model learns offline in a few hundred updates with 4x4 latents (and not
-    # within 2,000 with the `cpu` size's 16x16, whose posterior samples carry ~20 nats of noise on
-    # these 3-number observations). `agent.imag_starts=256` makes an update ~3x cheaper.
+    # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final
+    # reward is cue x last action with the cue one step back, which `benchmarks/reward_recall.py`
+    # shows the world models learn offline within a few hundred updates at these settings.
     "bsuite_memory_len_1": Target(
         env="bsuite:memory_len/0",
         variants=("s3m:hidden", "rssm"),
@@ -83,13 +82,7 @@ TARGETS: dict[str, Target] = {
         steps=30_000,
         metric="success",
         goal=0.95,
-        overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
-            "train.train_ratio=64",
-            "train.eval_every=10000",
-        ),
+        overrides=(*BSUITE_CPU, "train.eval_every=10000"),
         seeds=(0,),
     ),
     # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7). The same run as `python run_agent.py`.

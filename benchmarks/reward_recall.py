@@ -54,7 +54,7 @@ def sweep_id(memory_length: int) -> int:
 
 
 def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
-    """`steps` random-action steps of `env_id` in a one-stream replay."""
+    """`steps` uniform random-action steps of `env_id` in a one-stream replay (agent_update.py too)."""
     replay = SequenceReplay.from_config(replay_cfg, 1, seed)
     rng = np.random.default_rng(seed)
     with envs.VectorEnv(env_id, 1, seed) as env:
