@@ -16,6 +16,7 @@ from typing import Any
 CHOICES: dict[str, tuple[str, ...]] = {
     "world_model": ("s3m", "rssm"),
     "device": ("auto", "cpu", "cuda"),
+    "model.reward_head": ("twohot", "symlog_mse"),
     "s3m.discretization": ("bilinear", "zoh"),
     "s3m.scan": ("auto", "chunked", "associative", "loop"),
     "agent.policy_input": ("output", "hidden", "full"),
@@ -51,7 +52,10 @@ class ModelConfig:
     head_layers: int = 2  # hidden layers of the reward and continue heads
     cnn_depth: int = 32  # channels of the first image conv; doubled at every stage
     cnn_stages: int = 4  # stride-2 conv stages (64x64 -> 4x4)
-    reward_bins: int = 255  # symlog two-hot bins of the reward head
+    # twohot: DV3's discrete regression; symlog_mse: one output in symlog space (DV3 symlog_mse),
+    # which escapes the symmetric plateau of a +-1 reward far sooner (docs/results.md, Analysis)
+    reward_head: str = "twohot"
+    reward_bins: int = 255  # symlog two-hot bins of the reward head (twohot only)
     dyn_scale: float = 0.5  # beta_dyn: weight of KL[sg(q) || p] (trains the prior)
     rep_scale: float = 0.1  # beta_rep: weight of KL[q || sg(p)] (trains the posterior)
     free_nats: float = 1.0  # free bits: KL terms are clipped below this many nats

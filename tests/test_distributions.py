@@ -10,6 +10,7 @@ import torch
 from world_model.distributions import (
     BoundedNormal,
     OneHotCategorical,
+    SymlogGaussian,
     TwoHot,
     bernoulli,
     kl_categorical,
@@ -81,6 +82,21 @@ def test_twohot_gradients_reach_logits_only() -> None:
 
 def test_twohot_zero_logits_mean_zero() -> None:
     assert TwoHot(torch.zeros(5, 255)).mean().abs().max() < 1e-5
+
+
+def test_symlog_gaussian_is_squared_error_in_symlog_space() -> None:
+    pred = torch.tensor([0.0, 0.5, -2.0], requires_grad=True)
+    target = torch.tensor([1.0, -3.0, 10.0])
+    dist = SymlogGaussian(pred)
+    expected = -((pred - torch.sign(target) * torch.log1p(target.abs())) ** 2)
+    torch.testing.assert_close(dist.log_prob(target), expected)
+    torch.testing.assert_close(dist.mean(), torch.sign(pred) * torch.expm1(pred.abs()))
+    # The log-likelihood peaks where the prediction is symlog(target), and only pred gets gradients.
+    assert SymlogGaussian(symlog(target)).log_prob(target).abs().max() < 1e-6
+    dist.log_prob(target).sum().backward()
+    torch.testing.assert_close(pred.grad, 2 * (symlog(target) - pred.detach()))
+    with pytest.raises(AssertionError, match="SymlogGaussian.log_prob"):
+        dist.log_prob(torch.zeros(2))
 
 
 def test_straight_through_sample_is_one_hot_with_gradients() -> None:

@@ -150,3 +150,20 @@ def test_kl_terms_match_their_definition():
     expected = torch.distributions.kl_divergence(q, p).sum(-1).mean()  # groups summed, then (B, T) mean
     torch.testing.assert_close(losses["dyn"], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["rep"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["twohot", "symlog_mse"])
+def test_reward_head_loss_and_prediction(head):
+    """The reward NLL is the configured head's; both start at 0 and learn a reward on a fixed batch."""
+    model, _ = make_model(VECTOR, **{"model.reward_head": head, "model.lr": 3e-3})
+    batch = make_batch(VECTOR, 4, 8)
+    key = next(iter(VECTOR))
+    batch["reward"] = torch.sign(batch[key][..., 0])  # +-1, read off the observation
+    post, losses, _, _ = model.observe(batch)
+    dist = model.reward_head(model.head_features(post))
+    torch.testing.assert_close(losses["reward"], -dist.log_prob(batch["reward"]).mean())
+    assert model.reward(post).abs().max().item() < 1e-6  # zero-initialised output layer
+    for _ in range(250):
+        model.update(batch)
+    post, _, _, _ = model.observe(batch)
+    assert ((model.reward(post) > 0) == (batch["reward"] > 0)).float().mean().item() > 0.9

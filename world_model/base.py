@@ -15,7 +15,7 @@ Losses follow DreamerV3 (and R2I on top of it):
     L = L_pred + β_dyn · max(free, KL[sg(q) ‖ p]) + β_rep · max(free, KL[q ‖ sg(p)])
 
 with the KL summed over the S latent groups before the free-bits clip, and L_pred the decoder,
-reward (symlog two-hot) and continue (Bernoulli, target 1 - is_terminal) negative log-likelihoods.
+reward (symlog two-hot, or symlog MSE) and continue (Bernoulli, target 1 - is_terminal) negative log-likelihoods.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 
 from configs.schema import ModelConfig
 from world_model.distributions import OneHotCategorical, kl_categorical
-from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, TwoHotHead
+from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, SymlogHead, TwoHotHead
 from world_model.ssm import S5Layer
 
 State = dict[str, torch.Tensor]
@@ -77,7 +77,11 @@ class WorldModel(nn.Module):
         self.decoder = MultiDecoder(
             head_dim, obs_space, cfg.units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages
         )
-        self.reward_head = TwoHotHead(head_dim, cfg.units, cfg.head_layers, cfg.reward_bins)
+        reward_heads = {
+            "twohot": lambda: TwoHotHead(head_dim, cfg.units, cfg.head_layers, cfg.reward_bins),
+            "symlog_mse": lambda: SymlogHead(head_dim, cfg.units, cfg.head_layers),
+        }
+        self.reward_head = reward_heads[cfg.reward_head]()
         self.cont_head = BernoulliHead(head_dim, cfg.units, cfg.head_layers)
         self.opt: torch.optim.Optimizer | None = None
 

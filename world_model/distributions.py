@@ -157,6 +157,35 @@ class TwoHot:
         return weight_below * log_below + weight_above * log_above
 
 
+class SymlogGaussian:
+    """A unit-variance Gaussian in symlog space (DreamerV3 `symlog_mse` heads).
+
+    Args:
+        pred: (...) float, the prediction in symlog space.
+
+    `mean()` and `log_prob()` speak raw values, like `TwoHot`; `log_prob` is the negative squared
+    error in symlog space (the Gaussian's log-density up to a constant).
+    """
+
+    def __init__(self, pred: Tensor) -> None:
+        self.pred = pred.float()
+
+    def mean(self) -> Tensor:
+        """(...,) float32: symexp of the prediction."""
+        return symexp(self.pred)
+
+    def mode(self) -> Tensor:
+        """(...,) float32: the mean."""
+        return self.mean()
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        """-(pred - symlog(target))^2, (...,) float32; no gradient flows into `target`."""
+        assert target.shape == self.pred.shape, (
+            f"SymlogGaussian.log_prob: target {tuple(target.shape)} vs batch {tuple(self.pred.shape)}"
+        )
+        return -symlog_mse(self.pred, target.detach(), dims=0)
+
+
 class OneHotCategorical:
     """One categorical over the last axis, with a uniform mixture and straight-through samples.
 

@@ -5,7 +5,7 @@
   depth doubling per stage (DreamerV3 `ImageEncoderResnet` with 0 residual blocks, resize=stride).
 - `MultiEncoder` / `MultiDecoder`: dict observations, images through the CNN, vectors (symlog)
   through an MLP.
-- Heads: `TwoHotHead` (reward, critic), `BernoulliHead` (continue), `ActionHead` (policy).
+- Heads: `TwoHotHead` (reward, critic), `SymlogHead` (reward, optional), `BernoulliHead` (continue), `ActionHead` (policy).
 
 Initialisation follows DreamerV3's `winit=normal, fan=avg`: truncated normal with variance
 1 / mean(fan_in, fan_out), biases zero. Every module accepts arbitrary leading axes `(...)`.
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from world_model.distributions import (
     BoundedNormal,
     OneHotCategorical,
+    SymlogGaussian,
     TwoHot,
     bernoulli,
     mse,
@@ -388,6 +389,21 @@ class TwoHotHead(nn.Module):
     def forward(self, features: Tensor) -> TwoHot:
         """float (..., in_dim) -> TwoHot with batch shape (...)."""
         return TwoHot(self.mlp(features), self.bins)
+
+
+class SymlogHead(nn.Module):
+    """MLP -> one output -> `SymlogGaussian` (DreamerV3 `symlog_mse`; reward head option).
+
+    The output layer starts at zero like `TwoHotHead`'s, so the first prediction is exactly 0.
+    """
+
+    def __init__(self, in_dim: int, units: int, layers: int) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, 1, units, layers, zero_init_output=True)
+
+    def forward(self, features: Tensor) -> SymlogGaussian:
+        """float (..., in_dim) -> SymlogGaussian with batch shape (...)."""
+        return SymlogGaussian(self.mlp(features).squeeze(-1))
 
 
 class BernoulliHead(nn.Module):
