@@ -9,8 +9,10 @@ on the memory tasks.
 
 For each memory length and latent size (groups x classes), the world model is trained offline on
 random-action episodes (B x T from the size preset) and, every `--every` updates, predicts the
-rewards of held-out episodes from its posterior states (teacher forcing). Printed per row: the
-first update at which the sign of the predicted final reward is right on at least 90% of
+rewards of held-out episodes from its posterior states (teacher forcing), on sequences long
+enough to hold whole episodes. Training sequences are the preset's T: a final step whose cue
+fell before the start of its sampled sequence cannot be predicted, so keep T well above L.
+Printed per row: the first update at which the sign of the predicted final reward is right on at least 90% of
 held-out episodes ("-" if never), the final accuracy, and the posterior entropy (nats, summed
 over groups): the sampling noise that every step feeds into the sequence model.
 
@@ -37,7 +39,7 @@ from configs import load_config  # noqa: E402
 from replay import SequenceReplay  # noqa: E402
 from world_model.base import to_tensors  # noqa: E402
 
-TRAIN_STEPS, TEST_STEPS, TEST_SEQUENCES = 20_000, 4_000, 64
+TRAIN_STEPS, TEST_STEPS, TEST_SEQUENCES, TEST_LENGTH = 20_000, 4_000, 64, 256
 GOAL = 0.9  # sign accuracy counted as "learned"
 WIDTHS = (8, 7, 10, 9, 13, 8)
 
@@ -79,9 +81,10 @@ def run(args: argparse.Namespace, length: int, groups: int, classes: int) -> dic
     torch.manual_seed(args.seed)
     train = collect(env_id, TRAIN_STEPS, args.seed, cfg.replay)
     test = to_tensors(
-        collect(env_id, TEST_STEPS, args.seed + 1, cfg.replay).sample(TEST_SEQUENCES, 64), "cpu"
+        collect(env_id, TEST_STEPS, args.seed + 1, cfg.replay).sample(TEST_SEQUENCES, TEST_LENGTH), "cpu"
     )
-    rewarded = test["reward"] != 0  # (B, T) the final steps
+    # (B, T) the final steps of episodes that start inside the held-out sequence: their cue is in it
+    rewarded = (test["reward"] != 0) & (test["is_first"].cumsum(1) > 0)
     with envs.VectorEnv(env_id, 1, args.seed) as env:
         model = build_world_model(cfg, env.obs_space, env.action_dim)
     B, T = cfg.train.batch_size, cfg.train.seq_len

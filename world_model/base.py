@@ -15,7 +15,8 @@ Losses follow DreamerV3 (and R2I on top of it):
     L = L_pred + β_dyn · max(free, KL[sg(q) ‖ p]) + β_rep · max(free, KL[q ‖ sg(p)])
 
 with the KL summed over the S latent groups before the free-bits clip, and L_pred the decoder,
-reward (symlog two-hot, or symlog MSE) and continue (Bernoulli, target 1 - is_terminal) negative log-likelihoods.
+reward (symlog two-hot, or symlog MSE) and continue (Bernoulli, target 1 - is_terminal)
+negative log-likelihoods.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
   depth doubling per stage (DreamerV3 `ImageEncoderResnet` with 0 residual blocks, resize=stride).
 - `MultiEncoder` / `MultiDecoder`: dict observations, images through the CNN, vectors (symlog)
   through an MLP.
-- Heads: `TwoHotHead` (reward, critic), `SymlogHead` (reward, optional), `BernoulliHead` (continue), `ActionHead` (policy).
+- Heads: `TwoHotHead` (reward, critic), `SymlogHead` (reward, optional), `BernoulliHead`
+  (continue), `ActionHead` (policy).
 
 Initialisation follows DreamerV3's `winit=normal, fan=avg`: truncated normal with variance
 1 / mean(fan_in, fan_out), biases zero. Every module accepts arbitrary leading axes `(...)`.
