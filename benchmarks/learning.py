@@ -52,22 +52,17 @@ class Target:
 # 1 env step/s here. 4x4 latents: on these 3-number observations 16x16 posteriors stay ~20 nats
 # noisy and the world model then misses even a one-step cue x action reward (`reward_recall.py`).
 # Imagining from 256 of the 1024 posterior states makes an update ~3x cheaper (`agent_update.py`).
-BSUITE_CPU = (
+# CPU overrides of the memory targets (docs/results.md, Analysis; `benchmarks/reward_recall.py`):
+# latents sized to what a vector observation holds, imagination from a random 256 of the B*T
+# states (an update ~3x cheaper), a symlog-MSE reward head, which leaves the symmetric plateau of
+# a cue x action reward far sooner than the two-hot head, and no representation KL, whose pull
+# towards a broad prior feeds the SSM sampling noise.
+MEMORY_CPU = (
     "model.stoch_groups=4",
     "model.stoch_classes=4",
     "agent.imag_starts=256",
-    "train.train_ratio=64",
-)
-# On top, for memory lengths past a few steps (`benchmarks/reward_recall.py`, docs/results.md
-# Analysis): a symlog-MSE reward head, which leaves the symmetric +-1 plateau of the two-hot head
-# sooner; no representation KL, whose pull towards a broad prior feeds the SSM sampling noise; and
-# sequences of 128 steps, so that most final steps are sampled together with their cue.
-BSUITE_CPU_LONG = (
-    *BSUITE_CPU,
     "model.reward_head=symlog_mse",
     "model.rep_scale=0",
-    "train.batch_size=8",
-    "train.seq_len=128",
 )
 
 TARGETS: dict[str, Target] = {
@@ -80,7 +75,14 @@ TARGETS: dict[str, Target] = {
         steps=100_000,
         metric="success",
         goal=0.95,
-        overrides=(*BSUITE_CPU_LONG, "train.eval_every=20000"),
+        # 128-step sequences: with T=64 about half the sampled final steps would lack their cue.
+        overrides=(
+            *MEMORY_CPU,
+            "train.train_ratio=64",
+            "train.batch_size=8",
+            "train.seq_len=128",
+            "train.eval_every=20000",
+        ),
         seeds=(0,),
     ),
     # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final
@@ -93,18 +95,25 @@ TARGETS: dict[str, Target] = {
         steps=30_000,
         metric="success",
         goal=0.95,
-        overrides=(*BSUITE_CPU, "train.eval_every=10000"),
+        # The memory overrides before the reward head and KL changes: two-hot, representation KL 0.1.
+        overrides=(
+            "model.stoch_groups=4",
+            "model.stoch_classes=4",
+            "agent.imag_starts=256",
+            "train.train_ratio=64",
+            "train.eval_every=10000",
+        ),
         seeds=(0,),
     ),
-    # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7). The same run as `python run_agent.py`.
+    # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7).
     "popgym_repeat_previous_easy": Target(
         env="popgym:RepeatPreviousEasy",
         variants=("s3m:hidden",),
         preset="popgym,cpu",
-        steps=20_000,
+        steps=200_000,
         metric="return",
         goal=0.8,
-        overrides=("train.eval_every=5000", "train.checkpoint_every=5000"),
+        overrides=(*MEMORY_CPU, "train.eval_every=10000"),
         seeds=(0,),
     ),
     # A fully observed control task: the output-state policy (z_t, h_t) is enough.
