@@ -48,15 +48,14 @@ class Target:
     last_episodes: int = 1000  # episodes the success metric reads
 
 
-# The BSuite targets' CPU settings. R2I's train ratio of 1024 is one update per env step, about
-# 1 env step/s here. 4x4 latents: on these 3-number observations 16x16 posteriors stay ~20 nats
-# noisy and the world model then misses even a one-step cue x action reward (`reward_recall.py`).
-# Imagining from 256 of the 1024 posterior states makes an update ~3x cheaper (`agent_update.py`).
 # CPU overrides of the memory targets (docs/results.md, Analysis; `benchmarks/reward_recall.py`):
-# latents sized to what a vector observation holds, imagination from a random 256 of the B*T
-# states (an update ~3x cheaper), a symlog-MSE reward head, which leaves the symmetric plateau of
-# a cue x action reward far sooner than the two-hot head, and no representation KL, whose pull
-# towards a broad prior feeds the SSM sampling noise.
+# - 4x4 latents: on 3-number observations 16x16 posteriors stay ~20 nats noisy;
+# - imagination from a random 256 of the B*T states: an update ~3x cheaper (`agent_update.py`);
+# - a symlog-MSE reward head: it leaves the plateau of a +-1 cue x action reward far sooner than
+#   the two-hot head;
+# - no representation KL: its pull towards a broad prior feeds the SSM sampling noise.
+# The BSuite targets also lower R2I's train ratio of 1024 (one update per env step, about 1 env
+# step/s here) to 64.
 MEMORY_CPU = (
     "model.stoch_groups=4",
     "model.stoch_classes=4",

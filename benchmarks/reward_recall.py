@@ -12,9 +12,9 @@ random-action episodes (B x T from the size preset) and, every `--every` updates
 rewards of held-out episodes from its posterior states (teacher forcing), on sequences long
 enough to hold whole episodes. Training sequences are the preset's T: a final step whose cue
 fell before the start of its sampled sequence cannot be predicted, so keep T well above L.
-Printed per row: the first update at which the sign of the predicted final reward is right on at least 90% of
-held-out episodes ("-" if never), the final accuracy, and the posterior entropy (nats, summed
-over groups): the sampling noise that every step feeds into the sequence model.
+Printed per row: the first update at which the sign of the predicted final reward is right on at
+least 90% of held-out episodes ("-" if never), the final accuracy, and the posterior entropy
+(nats, summed over groups): the sampling noise that every step feeds into the sequence model.
 
     python benchmarks/reward_recall.py                                   # S3M, L in 1 5, 4x4 and 16x16
     python benchmarks/reward_recall.py --lengths 1 --latents 4x4 8x8 16x16 --updates 3000
