@@ -82,7 +82,7 @@ TARGETS: dict[str, Target] = {
             "train.seq_len=128",
             "train.eval_every=20000",
         ),
-        seeds=(0,),
+        seeds=(0, 1),
     ),
     # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final
     # reward is cue x last action with the cue one step back, which `benchmarks/reward_recall.py`
