@@ -48,21 +48,18 @@ class Target:
     last_episodes: int = 1000  # episodes the success metric reads
 
 
-# CPU overrides of the memory targets (docs/results.md, Analysis; `benchmarks/reward_recall.py`):
+# CPU overrides of the memory targets (docs/results.md, Analysis; `benchmarks/reward_recall.py`).
+# SMALL_CPU, the first round's:
 # - 4x4 latents: on 3-number observations 16x16 posteriors stay ~20 nats noisy;
-# - imagination from a random 256 of the B*T states: an update ~3x cheaper (`agent_update.py`);
+# - imagination from a random 256 of the B*T states: an update ~3x cheaper (`agent_update.py`).
+# MEMORY_CPU adds:
 # - a symlog-MSE reward head: it leaves the plateau of a +-1 cue x action reward far sooner than
 #   the two-hot head;
 # - no representation KL: its pull towards a broad prior feeds the SSM sampling noise.
 # The BSuite targets also lower R2I's train ratio of 1024 (one update per env step, about 1 env
 # step/s here) to 64.
-MEMORY_CPU = (
-    "model.stoch_groups=4",
-    "model.stoch_classes=4",
-    "agent.imag_starts=256",
-    "model.reward_head=symlog_mse",
-    "model.rep_scale=0",
-)
+SMALL_CPU = ("model.stoch_groups=4", "model.stoch_classes=4", "agent.imag_starts=256")
+MEMORY_CPU = (*SMALL_CPU, "model.reward_head=symlog_mse", "model.rep_scale=0")
 
 TARGETS: dict[str, Target] = {
     # R2I keeps success about 0.95 up to 50 memory steps where DreamerV3 collapses after about 20
@@ -94,14 +91,8 @@ TARGETS: dict[str, Target] = {
         steps=30_000,
         metric="success",
         goal=0.95,
-        # The memory overrides before the reward head and KL changes: two-hot, representation KL 0.1.
-        overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
-            "train.train_ratio=64",
-            "train.eval_every=10000",
-        ),
+        # Run before the reward head and KL changes: two-hot, representation KL 0.1.
+        overrides=(*SMALL_CPU, "train.train_ratio=64", "train.eval_every=10000"),
         seeds=(0,),
     ),
     # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7).

@@ -174,10 +174,6 @@ class SymlogGaussian:
         """(...,) float32: symexp of the prediction."""
         return symexp(self.pred)
 
-    def mode(self) -> Tensor:
-        """(...,) float32: the mean."""
-        return self.mean()
-
     def log_prob(self, target: Tensor) -> Tensor:
         """-(pred - symlog(target))^2, (...,) float32; no gradient flows into `target`."""
         assert target.shape == self.pred.shape, (
