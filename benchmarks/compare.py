@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_VARIANTS = "s3m:hidden,rssm"
 CURVE_BINS = 40
+MIN_SEEDS_CI = 3  # fewer seeds get a min-max band in the learning-curve plots
 METRIC_NOTES = {  # how a results page says what its numbers are
     "return": "Final and best return: the last and the best evaluation (`eval/return`) of each run; "
     "runs without evaluations (from `episodes`) use the mean of their last 10% of training episodes "
@@ -278,7 +280,10 @@ def results_table(summaries: Sequence[Summary], metric: str, last_episodes: int)
 
 
 def plot_curves(runs: dict[str, list[RunLog]], path: Path, title: str, bins: int = CURVE_BINS) -> None:
-    """Training episode return against env steps: per variant the mean over seeds and its 95% band."""
+    """Training episode return against env steps: per variant the mean over seeds and a band.
+
+    The band is the 95% interval of the mean from 3 seeds on, the range of the seeds below that.
+    """
     horizon = max(
         [run.budget or 0 for logs in runs.values() for run in logs]
         + [int(run.episode_steps.max()) for logs in runs.values() for run in logs if len(run.episode_steps)]
@@ -294,9 +299,18 @@ def plot_curves(runs: dict[str, list[RunLog]], path: Path, title: str, bins: int
             continue
         stats = [mean_ci(column[~np.isnan(column)]) for column in curves.T]
         mean = np.array([m for m, _ in stats])
-        half = np.array([np.nan if h is None else h for _, h in stats])
-        (line,) = ax.plot(centres, mean, label=f"{variant} ({len(curves)} seeds)")
-        ax.fill_between(centres, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+        if len(curves) >= MIN_SEEDS_CI:
+            half = np.array([np.nan if h is None else h for _, h in stats])
+            low, high, band = mean - half, mean + half, "95% CI"
+        else:
+            # With two seeds t(0.975, 1) = 12.7 makes the interval wider than the plot; show the seeds.
+            with warnings.catch_warnings():  # bins no seed reached are all-NaN and stay blank
+                warnings.simplefilter("ignore", RuntimeWarning)
+                low, high, band = np.nanmin(curves, 0), np.nanmax(curves, 0), "min-max"
+        seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        label = f"{variant} ({seeds}, {band} band)" if len(curves) > 1 else f"{variant} ({seeds})"
+        (line,) = ax.plot(centres, mean, label=label)
+        ax.fill_between(centres, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"training episode return (mean per {edges[1]:.0f}-step bin)")
     ax.set_title(title)

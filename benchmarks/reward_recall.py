@@ -13,12 +13,17 @@ rewards of held-out episodes from its posterior states (teacher forcing), on seq
 enough to hold whole episodes. Training sequences are the preset's T: a final step whose cue
 fell before the start of its sampled sequence cannot be predicted, so keep T well above L.
 Printed per row: the first update at which the sign of the predicted final reward is right on at
-least 90% of held-out episodes ("-" if never), the final accuracy, and the posterior entropy
-(nats, summed over groups): the sampling noise that every step feeds into the sequence model.
+least 90% of held-out episodes ("-" if never; balanced accuracy, the mean over positive and
+negative rewards), the final accuracy, and the posterior entropy (nats, summed over groups): the
+sampling noise that every step feeds into the sequence model.
+
+`--env` scores another env's rewarded steps the same way, e.g. POPGym RepeatPrevious, whose reward
+says whether the action names the suit dealt k steps earlier.
 
     python benchmarks/reward_recall.py                                   # S3M, L in 1 5, 4x4 and 16x16
     python benchmarks/reward_recall.py --lengths 1 --latents 4x4 8x8 16x16 --updates 3000
     python benchmarks/reward_recall.py --world-model rssm
+    python benchmarks/reward_recall.py --env popgym:RepeatPreviousEasy --preset popgym,cpu --latents 4x4
 """
 
 from __future__ import annotations
@@ -68,8 +73,7 @@ def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
     return replay
 
 
-def run(args: argparse.Namespace, length: int, groups: int, classes: int) -> dict[str, float | int | None]:
-    env_id = f"bsuite:memory_len/{sweep_id(length)}"
+def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dict[str, float | int | None]:
     overrides = [
         f"env.name={env_id}",
         f"world_model={args.world_model}",
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace, length: int, groups: int, classes: int) -> dic
     test = to_tensors(
         collect(env_id, TEST_STEPS, args.seed + 1, cfg.replay).sample(TEST_SEQUENCES, TEST_LENGTH), "cpu"
     )
-    # (B, T) the final steps of episodes that start inside the held-out sequence: their cue is in it
+    # (B, T) rewarded steps of episodes that start inside the held-out sequence: their cue is in it
     rewarded = (test["reward"] != 0) & (test["is_first"].cumsum(1) > 0)
     with envs.VectorEnv(env_id, 1, args.seed) as env:
         model = build_world_model(cfg, env.obs_space, env.action_dim)
@@ -95,7 +99,11 @@ def run(args: argparse.Namespace, length: int, groups: int, classes: int) -> dic
             with torch.no_grad():
                 post, _, metrics, _ = model.observe(test)
                 predicted = model.reward(post)[rewarded]
-            accuracy = ((predicted > 0) == (test["reward"][rewarded] > 0)).float().mean().item()
+            # Balanced: the mean of the accuracies on positive and on negative rewards, so that
+            # always guessing the commoner sign scores 0.5 (POPGym pays -1 three times in four).
+            positive = test["reward"][rewarded] > 0
+            right = (predicted > 0) == positive
+            accuracy = 0.5 * (right[positive].float().mean() + right[~positive].float().mean()).item()
             entropy = metrics["wm/post_entropy"]
             if learned_at is None and accuracy >= GOAL:
                 learned_at = update
@@ -107,6 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1, 5], help="bsuite memory lengths")
     parser.add_argument("--latents", nargs="+", default=["4x4", "16x16"], help="groups x classes of z_t")
+    parser.add_argument(
+        "--env", default=None, help="score this env's rewarded steps instead of bsuite memory_len (--lengths)"
+    )
     parser.add_argument("--world-model", default="s3m", choices=["s3m", "rssm"])
     parser.add_argument(
         "--preset", default="bsuite,cpu", help="comma-separated presets (default: bsuite,cpu)"
@@ -131,12 +142,13 @@ def main() -> None:
     )
     header = ("memory L", "latent", "learned at", "final acc", "post H (nats)", "s/update")
     print(" ".join(f"{name:>{width}}" for name, width in zip(header, WIDTHS)))
-    for length in args.lengths:
+    rows = [(args.env, "-")] if args.env else [(f"bsuite:memory_len/{sweep_id(n)}", n) for n in args.lengths]
+    for env_id, length in rows:
         for groups, classes in latents:
-            row = run(args, length, groups, classes)
+            row = run(args, env_id, groups, classes)
             learned = "-" if row["learned_at"] is None else str(row["learned_at"])
             print(
-                f"{length:>8} {f'{groups}x{classes}':>7} {learned:>10} {row['accuracy']:>9.3f} "
+                f"{length!s:>8} {f'{groups}x{classes}':>7} {learned:>10} {row['accuracy']:>9.3f} "
                 f"{row['entropy']:>13.2f} {row['seconds']:>8.3f}",
                 flush=True,
             )
