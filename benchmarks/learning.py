@@ -98,13 +98,17 @@ TARGETS: dict[str, Target] = {
     # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7).
     "popgym_repeat_previous_easy": Target(
         env="popgym:RepeatPreviousEasy",
-        variants=("s3m:hidden",),
+        variants=("s3m:hidden", "rssm"),
         preset="popgym,cpu",
-        steps=200_000,
+        steps=100_000,
         metric="return",
         goal=0.8,
-        overrides=(*MEMORY_CPU, "train.eval_every=10000"),
-        seeds=(0,),
+        # POPGym pays +-1/48 a step here (an episode's return lies in [-1, 1]): a squared error on
+        # such rewards is about 48^2 times smaller than on +-1, so the reward loss weighs 1000.
+        # `reward_recall.py --env popgym:RepeatPreviousEasy` (4x4): balanced sign accuracy 0.93 at
+        # 1,250 updates with it; 0.84 after 4,000 with 100; 0.55 after 1,500 with 1.
+        overrides=(*MEMORY_CPU, "model.reward_scale=1000", "train.eval_every=10000"),
+        seeds=(0, 1),
     ),
     # A fully observed control task: the output-state policy (z_t, h_t) is enough.
     "cartpole": Target(
