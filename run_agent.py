@@ -3,7 +3,7 @@
 examples:
 
     python run_agent.py                                     # POPGym RepeatPreviousEasy, CPU-sized
-    python run_agent.py --preset popgym,cpu --steps 20000 agent.horizon=10
+    python run_agent.py --preset popgym_cpu --steps 20000 agent.horizon=10
     python run_agent.py --preset debug --env gym:CartPole-v1 --logdir runs/smoke
     python run_agent.py --resume runs/smoke train.steps=400   # continue a run where it stopped
     python run_agent.py --eval-only runs/smoke/checkpoint     # evaluate saved weights
@@ -63,23 +63,11 @@ from agent.logger import EPISODES, METRICS, Episodes, Logger, open_loop_video
 from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
 from replay import ReplayLoadError, SequenceReplay
 
-# What `python run_agent.py` trains when no --preset is given: the POPGym domain and the CPU model
-# size with the CPU memory recipe of docs/results.md (`MEMORY_CPU` in benchmarks/learning.py:
-# 4x4 latents, 256 imagination starts, a symlog-MSE reward head without representation KL, and a
-# reward loss weight for POPGym's +-1/48 rewards), for 20k env steps: a few minutes on 2 CPU
+# What `python run_agent.py` trains when no --preset is given: the CPU recipe of the POPGym target
+# of docs/results.md (configs/presets/popgym_cpu.yaml) for 20k env steps: a few minutes on 2 CPU
 # cores, in which the greedy policy goes from a random policy's -0.5 to about 0.75 (of at most 1).
-DEFAULT_PRESETS = "popgym,cpu"
-DEFAULT_OVERRIDES = (
-    "model.stoch_groups=4",
-    "model.stoch_classes=4",
-    "agent.imag_starts=256",
-    "model.reward_head=symlog_mse",
-    "model.rep_scale=0",
-    "model.reward_scale=1000",
-    "train.steps=20000",
-    "train.eval_every=5000",
-    "train.checkpoint_every=5000",
-)
+DEFAULT_PRESETS = "popgym_cpu"
+DEFAULT_OVERRIDES = ("train.steps=20000", "train.eval_every=5000", "train.checkpoint_every=5000")
 
 EXIT_ERROR = 2  # bad input: a flag, config key or value, env id, run folder or checkpoint
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM after saving a checkpoint (128 + SIGINT)

@@ -1,8 +1,8 @@
 """Compare agent variants on one environment: train variants x seeds, then tabulate and plot.
 
-    python benchmarks/compare.py --env popgym:RepeatPreviousEasy --preset popgym,cpu --steps 20000 \\
+    python benchmarks/compare.py --env popgym:RepeatPreviousEasy --preset popgym_cpu --steps 20000 \\
         --variants s3m:hidden,rssm --seeds 0,1,2 --out runs/compare/repeat_previous
-    python benchmarks/compare.py --preset bsuite,cpu --env bsuite:memory_len/15 --steps 100000 \\
+    python benchmarks/compare.py --preset bsuite_cpu --env bsuite:memory_len/15 --steps 100000 \\
         --metric success --last-episodes 1000 --out runs/compare/memory_len_30
     python benchmarks/compare.py --out runs/compare/repeat_previous --redraw   # tables and plot only
 
@@ -342,7 +342,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--seeds", help="comma-separated seeds (default: 0,1,2; with --redraw: every seed found)")
     add("--env", help="environment id suite:task (default: the preset's)")
     add("--steps", type=int, help="env steps per run (default: the preset's train.steps)")
-    add("--preset", default="popgym,cpu", help="run_agent.py presets (default: popgym,cpu)")
+    add("--preset", default="popgym_cpu", help="run_agent.py presets (default: popgym_cpu)")
     add(
         "--out",
         type=Path,

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "s3m.scan": ("auto", "chunked", "associative", "loop"),
     "agent.policy_input": ("output", "hidden", "full"),
     "agent.actor_grad": ("auto", "reinforce", "dynamics"),
+    "agent.imag_cont": ("mode", "mean"),
 }
 
 
@@ -101,6 +102,7 @@ class AgentConfig:
         0  # imagine from this many of the B*T posterior states, drawn anew each update; 0: all (DV3)
     )
     discount: float = 0.997  # gamma = 1 - 1/333
+    imag_cont: str = "mode"  # imagined continuation: mode=Bernoulli mode (DV3), mean=its probability (DV2)
     return_lambda: float = 0.95  # lambda of the lambda-returns
     units: int = 512  # width of actor and critic MLPs
     layers: int = 2  # hidden layers of actor and critic MLPs

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from agent import ActorCritic, Agent, ReturnNormalizer, lambda_returns
+from agent import actor_critic as actor_critic_module
 from configs import load_config
 from replay import SequenceReplay
 
@@ -208,6 +209,27 @@ def test_imag_starts_picks_a_subset_of_the_posterior_states(count: int) -> None:
     expected = count if 0 < count < 12 else 12  # 0 or more than B*T: all of them
     assert seen["cont"].shape == (expected,)
     assert all(v.shape[0] == expected for v in seen["start"].values())
+
+
+@pytest.mark.parametrize(
+    "imag_cont, p, expected", [("mode", 0.7, 1.0), ("mode", 0.3, 0.0), ("mean", 0.7, 0.7)]
+)
+def test_imag_cont_gives_the_returns_the_mode_or_the_probability(monkeypatch, imag_cont, p, expected) -> None:
+    agent = make_agent(overrides=(f"agent.imag_cont={imag_cont}",))
+    wm = agent.world_model
+    monkeypatch.setattr(wm, "cont", lambda state: torch.full(state["z"].shape[:-1], p))
+    seen = {}
+    returns = actor_critic_module.lambda_returns
+
+    def spy(reward, cont, value, discount, lam):
+        seen["cont"] = cont
+        return returns(reward, cont, value, discount, lam)
+
+    monkeypatch.setattr(actor_critic_module, "lambda_returns", spy)
+    assert_finite(agent.train(make_batch(True)))
+    H = agent.cfg.agent.horizon
+    assert seen["cont"].shape[0] == H
+    torch.testing.assert_close(seen["cont"], torch.full_like(seen["cont"], expected))
 
 
 def test_image_observations_train() -> None:

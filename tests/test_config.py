@@ -23,6 +23,8 @@ from configs.loader import PRESET_DIR
 
 SIZES = ["debug", "cpu", "small", "medium", "large"]
 DOMAINS = ["popgym", "bsuite", "memory_maze", "atari", "atari100k", "dmc_proprio", "dmc_vision", "minigrid"]
+# Recipes: presets built on others with `extends`, holding the CPU settings of docs/results.md.
+RECIPES = {"memory_cpu": None, "bsuite_cpu": "bsuite", "popgym_cpu": "popgym"}
 
 
 def _error(presets: list[str] | str = (), overrides: list[str] = ()) -> str:
@@ -58,7 +60,41 @@ def test_defaults_are_the_schema_defaults():
 
 
 def test_list_presets_names_every_file():
-    assert set(list_presets()) == {"defaults", *DOMAINS, *SIZES}
+    assert set(list_presets()) == {"defaults", *DOMAINS, *SIZES, *RECIPES}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipes_keep_their_domain_and_the_cpu_size(recipe):
+    """A recipe changes the `cpu` size and its domain's task only where its own YAML says so."""
+    domain = RECIPES[recipe]
+    cfg = load_config([recipe])
+    base = load_config([*([domain] if domain else []), "cpu"])
+    assert cfg.env.name == base.env.name and cfg.agent.policy_input == base.agent.policy_input
+    assert cfg.model.hidden == base.model.hidden and cfg.s3m == base.s3m
+    # Every setting that differs from domain + cpu is one the recipe or a preset it extends writes.
+    written: set[str] = set()
+    stack = [recipe]
+    while stack:
+        tree = _preset_yaml(stack.pop())
+        bases = tree.pop("extends", [])
+        stack += [b for b in ([bases] if isinstance(bases, str) else bases) if b not in (domain, "cpu")]
+        written |= _flat_keys(tree)
+    changed = {
+        f"{section}.{key}"
+        for section, values in config_to_dict(cfg).items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if config_to_dict(base)[section][key] != value
+    }
+    assert changed and changed <= written, (recipe, changed - written)
+
+
+def test_memory_recipes_share_memory_cpu():
+    memory = load_config(["memory_cpu"])
+    for recipe in ("bsuite_cpu", "popgym_cpu"):
+        cfg = load_config([recipe])
+        assert (cfg.model.stoch_groups, cfg.model.reward_head, cfg.model.rep_scale) == (4, "symlog_mse", 0.0)
+        assert cfg.agent.imag_starts == memory.agent.imag_starts
 
 
 @pytest.mark.parametrize("name", sorted(set(list_presets()) - {"defaults"}))
