@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--split-above", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides of a fresh world model")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     try:
