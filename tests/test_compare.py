@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
 
 from benchmarks import compare, learning, runlogs  # noqa: E402
+from configs import load_config  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -100,6 +101,16 @@ def test_binned_curve():
     curve = runlogs.binned_curve(np.array([15, 35, 36]), np.array([1.0, 2.0, 4.0]), edges)
     # Nothing before the first episode, carried over an empty bin, nothing after the last one.
     np.testing.assert_array_equal(curve, [np.nan, 1.0, 1.0, 3.0, np.nan])
+
+
+@pytest.mark.parametrize("name", sorted(learning.TARGETS))
+def test_learning_targets_resolve_to_valid_configs(name: str):
+    """A typo in a target's preset or overrides fails here, not an hour into its runs."""
+    target = learning.TARGETS[name]
+    for variant in target.variants:
+        overrides = [f"env.name={target.env}", *compare.VARIANTS[variant], *target.overrides]
+        cfg = load_config(target.preset.split(","), overrides)
+        assert cfg.env.name == target.env
 
 
 def test_learning_redraw_writes_page(tmp_path: Path):
