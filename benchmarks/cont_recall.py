@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402
-from agent.agent import Agent, build_world_model  # noqa: E402
+from agent.agent import START_PREFIX, Agent, build_world_model  # noqa: E402
 from agent.checkpoint import CheckpointError, find_checkpoint, load_weights  # noqa: E402
 from configs import ConfigError, load_config, load_config_file  # noqa: E402
 from replay import ReplayLoadError, SequenceReplay  # noqa: E402
@@ -49,7 +49,7 @@ EVAL_BATCHES, EVAL_B, EVAL_T = 12, 16, 64  # held-in scoring batches (the replay
 
 def contract(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """The data-contract keys of a replay sample as CPU tensors (replay context dropped)."""
-    return to_tensors({k: v for k, v in batch.items() if not k.startswith("start/")}, "cpu")
+    return to_tensors({k: v for k, v in batch.items() if not k.startswith(START_PREFIX)}, "cpu")
 
 
 @torch.no_grad()

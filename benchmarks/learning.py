@@ -52,31 +52,32 @@ class Target:
 # on `memory_cpu`), where each setting says why it is there; the default `python run_agent.py`
 # trains `popgym_cpu` too.
 
+# The cheaper update of `memory_cpu` (4x4 latents, 256 imagination starts), for the targets that
+# do not run a recipe.
+SMALL_UPDATE = ("model.stoch_groups=4", "model.stoch_classes=4", "agent.imag_starts=256")
+
+
+def bsuite_memory(sweep_id: int, seeds: tuple[int, ...]) -> Target:
+    """A BSuite memory_len target on the `bsuite_cpu` recipe, S3M beside the RSSM, 100k steps."""
+    return Target(
+        env=f"bsuite:memory_len/{sweep_id}",
+        variants=("s3m:hidden", "rssm"),
+        preset="bsuite_cpu",
+        steps=100_000,
+        metric="success",
+        goal=0.95,
+        overrides=("train.eval_every=20000",),
+        seeds=seeds,
+    )
+
+
 TARGETS: dict[str, Target] = {
     # R2I keeps success about 0.95 up to 50 memory steps where DreamerV3 collapses after about 20
     # (DESIGN.md §7); memory_len/15 is memory length 30.
-    "bsuite_memory_len_30": Target(
-        env="bsuite:memory_len/15",
-        variants=("s3m:hidden", "rssm"),
-        preset="bsuite_cpu",
-        steps=100_000,
-        metric="success",
-        goal=0.95,
-        overrides=("train.eval_every=20000",),
-        seeds=(0, 1),
-    ),
+    "bsuite_memory_len_30": bsuite_memory(15, seeds=(0, 1)),
     # Not one of the three targets: a longer memory on the same recipe, where R2I still reports
     # about 0.95 and DreamerV3 has collapsed (DESIGN.md §7). Episodes are 52 steps, within T=128.
-    "bsuite_memory_len_50": Target(
-        env="bsuite:memory_len/17",
-        variants=("s3m:hidden", "rssm"),
-        preset="bsuite_cpu",
-        steps=100_000,
-        metric="success",
-        goal=0.95,
-        overrides=("train.eval_every=20000",),
-        seeds=(0,),
-    ),
+    "bsuite_memory_len_50": bsuite_memory(17, seeds=(0,)),
     # Not one of the three targets: the pipeline check beneath them. With memory length 1 the final
     # reward is cue x last action with the cue one step back, which `benchmarks/reward_recall.py`
     # shows the world models learn offline within a few hundred updates at these settings.
@@ -89,13 +90,7 @@ TARGETS: dict[str, Target] = {
         goal=0.95,
         # Run before `memory_cpu`'s reward head and KL changes (two-hot, representation KL 0.1),
         # with its 4x4 latents and 256 imagination starts.
-        overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
-            "train.train_ratio=64",
-            "train.eval_every=10000",
-        ),
+        overrides=(*SMALL_UPDATE, "train.train_ratio=64", "train.eval_every=10000"),
         seeds=(0,),
     ),
     # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7).
@@ -125,9 +120,7 @@ TARGETS: dict[str, Target] = {
         metric="return",
         goal=450.0,
         overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
+            *SMALL_UPDATE,
             "train.seq_len=32",
             "train.train_ratio=128",
             "agent.imag_cont=mean",

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dic
     # (B, T) rewarded steps of episodes that start inside the held-out sequence: their cue is in it
     rewarded = (test["reward"] != 0) & (test["is_first"].cumsum(1) > 0)
     signs = test["reward"][rewarded] > 0
-    if signs.numel() == 0 or signs.all() or not signs.any():
+    if signs.all() or not signs.any():  # an empty set too
         # The balanced accuracy averages the accuracies on both signs; one missing leaves it undefined.
         found = "no" if signs.numel() == 0 else ("only positive" if signs.all() else "only negative")
         raise SystemExit(f"error: {env_id}: held-out episodes have {found} rewards; scoring needs both signs")
