@@ -11,8 +11,9 @@ Each run is `python run_agent.py ... threads=T` in its own process with its outp
 `s3m-hidden`), up to `--jobs` at a time (default: CPU cores // T). A run that succeeds gets a
 `compare.json` beside its logs (its arguments and wall time); a folder holding one is a finished
 run and is not trained again, and a run stopped after a checkpoint (Ctrl-C) is resumed, so the
-same command continues an interrupted comparison. A failed run is reported on one line with its
-log and the others go on; the exit status is then 1.
+same command continues an interrupted comparison. A larger `--steps` continues finished runs from
+their checkpoints to the new budget; any other change of arguments is refused. A failed run is
+reported on one line with its log and the others go on; the exit status is then 1.
 
 Written from the runs' logs: `OUT/results.md` (a row per variant: final and best return or
 success, each the mean over seeds with a 95% confidence interval; wall time and env steps/s) and
@@ -129,31 +130,59 @@ def plan_runs(
     return specs
 
 
+def steps_arg(args: Sequence[str]) -> int | None:
+    """The value of `--steps` in run_agent.py arguments `args`, or None without one."""
+    return int(args[args.index("--steps") + 1]) if "--steps" in args else None
+
+
+def extends(made: Sequence[str], spec: RunSpec) -> bool:
+    """Whether the run made with arguments `made` is `spec` on a smaller `--steps` budget, so that
+    resuming it from its checkpoint with the larger budget finishes `spec`."""
+    steps, made_steps = steps_arg(spec.args), steps_arg(made)
+    if steps is None or made_steps is None or made_steps >= steps:
+        return False
+    at = spec.args.index("--steps") + 1
+    return list(made) == [*spec.args[:at], str(made_steps), *spec.args[at + 1 :]]
+
+
 def check_reusable(specs: Sequence[RunSpec]) -> None:
-    """Refuse to mix in runs made with other arguments (another budget, preset, ...)."""
+    """Refuse to mix in runs made with other arguments (another preset, overrides, ...); a run made
+    on a smaller `--steps` budget is continued instead (see `launch`)."""
     for spec in specs:
         for name in (MARKER, PARTIAL):
             marker = read_marker(spec.logdir, name)
-            if marker is not None and marker.get("args") != spec.args:
-                made = shlex.join(marker.get("args", []))
-                raise ValueError(
-                    f"{spec.logdir} holds a run made with other arguments ({made}); "
-                    "choose another --out or delete that folder"
-                )
+            if marker is None or marker.get("args") == spec.args:
+                continue
+            if extends(marker.get("args", []), spec) and (spec.logdir / "checkpoint").is_dir():
+                continue
+            made = shlex.join(marker.get("args", []))
+            raise ValueError(
+                f"{spec.logdir} holds a run made with other arguments ({made}); "
+                "choose another --out or delete that folder"
+            )
+
+
+def is_done(spec: RunSpec) -> bool:
+    """Whether `spec`'s folder holds its finished run, on its own budget."""
+    marker = read_marker(spec.logdir)
+    return marker is not None and marker.get("args") == spec.args
 
 
 def launch(spec: RunSpec, threads: int) -> int:
     """Run `spec` to the end with its output in its run.log; returns the exit status.
 
-    A run stopped after a checkpoint (Ctrl-C, a crash) continues from it with `--resume`; its wall
-    time adds up over the sessions. Any other unfinished run starts over, since run_agent.py
-    refuses a folder that holds a run.
+    A run stopped after a checkpoint (Ctrl-C, a crash), or finished on a smaller `--steps` budget,
+    continues from its checkpoint with `--resume` to `spec`'s budget; its wall time adds up over
+    the sessions. Any other unfinished run starts over, since run_agent.py refuses a folder that
+    holds a run.
     """
-    partial = read_marker(spec.logdir, PARTIAL)
+    earlier_run = read_marker(spec.logdir, PARTIAL) or read_marker(spec.logdir)
     earlier = 0.0
-    if partial is not None and (spec.logdir / "checkpoint").is_dir():
+    if earlier_run is not None and (spec.logdir / "checkpoint").is_dir():
+        steps = steps_arg(spec.args)
         command = [sys.executable, str(RUN_AGENT), "--resume", str(spec.logdir)]
-        earlier = float(partial.get("wall_s", 0.0))
+        command += ["--steps", str(steps)] if steps is not None else []
+        earlier = float(earlier_run.get("wall_s", 0.0))
         print(f"resuming {spec.variant} seed {spec.seed} from {spec.logdir / 'checkpoint'}", flush=True)
     else:
         if spec.logdir.exists():
@@ -180,6 +209,7 @@ def launch(spec: RunSpec, threads: int) -> int:
         )
     else:
         (spec.logdir / PARTIAL).write_text(json.dumps(record, indent=1) + "\n")
+        (spec.logdir / MARKER).unlink(missing_ok=True)  # a continued run is unfinished again
         what = "stopped" if status == EXIT_INTERRUPTED else "FAILED "
         log = spec.logdir / RUN_LOG
         print(f"{what} {spec.variant} seed {spec.seed} (exit {status}): see {log}", flush=True)
@@ -202,7 +232,7 @@ def default_jobs(threads: int) -> int:
 
 def run_all(specs: Sequence[RunSpec], jobs: int, threads: int = 1) -> list[RunSpec]:
     """Launch the unfinished runs of `specs`, `jobs` at a time; returns those that failed."""
-    todo = [spec for spec in specs if read_marker(spec.logdir) is None]
+    todo = [spec for spec in specs if not is_done(spec)]
     if len(todo) < len(specs):
         print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished", flush=True)
     if not todo:

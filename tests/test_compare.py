@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -172,8 +173,24 @@ def test_tiny_comparison_then_redraw(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (out / "curves.png").is_file()
     assert files_and_times(out / "s3m-hidden") | files_and_times(out / "rssm") == runs_before
 
-    # Another budget in the same folder is refused rather than mixed in.
-    assert compare.main([*argv[:4], "--steps", "300", *argv[6:]]) == 2
+    # A smaller budget or other overrides in the same folder are refused rather than mixed in.
+    assert compare.main([*argv[:4], "--steps", "100", *argv[6:]]) == 2
+    assert compare.main([*argv, "agent.actor_lr=1e-3"]) == 2
+
+    # A larger budget continues a finished run from its checkpoint; its wall time adds up.
+    run = out / "rssm" / "seed0"
+    before = json.loads((run / runlogs.MARKER).read_text())
+    other_seed = files_and_times(out / "rssm" / "seed1")
+    capsys.readouterr()
+    longer = [*argv[:4], "--steps", "300", "--variants", "rssm", "--seeds", "0", "--out", str(out)]
+    assert compare.main(longer) == 0, capsys.readouterr()
+    assert "resuming rssm seed 0" in capsys.readouterr().out
+    after = json.loads((run / runlogs.MARKER).read_text())
+    assert after["args"] == [*before["args"][:5], "300", *before["args"][6:]]
+    assert after["wall_s"] > before["wall_s"]
+    log = (run / compare.RUN_LOG).read_text()
+    assert "--resume" in log and re.search(r"env steps:\s+300 \(150 in this session\)", log), log
+    assert files_and_times(out / "rssm" / "seed1") == other_seed
 
 
 def test_failed_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
