@@ -108,7 +108,8 @@ TARGETS: dict[str, Target] = {
     # a step, so the only signal is the end of an episode, which the continue head must predict:
     # - 4x4 latents, 256 imagination starts and T=32 make an update 4.8x cheaper than the `cpu`
     #   size's (`benchmarks/agent_update.py --env gym:CartPole-v1`), which buys train ratio 128 with
-    #   B x T = 16 x 32: 15k updates in 60k env steps, 4x the `cpu` size's 3,750 at ratio 64;
+    #   B x T = 16 x 32: 25k updates in 100k env steps (15k by 60k, 4x the `cpu` size's 3,750 at
+    #   ratio 64);
     # - the continue head's probability discounts imagined returns (`agent.imag_cont=mean`): at a
     #   few thousand updates it gives most ends a probability of continuing above 0.5, so with the
     #   Bernoulli mode imagined episodes almost never end and the critic flattens at 1 / (1 - gamma).
