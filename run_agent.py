@@ -128,8 +128,9 @@ def random_actions(rng: np.random.Generator, env: envs.VectorEnv) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, (env.num_envs, env.action_dim)).astype(np.float32)
 
 
-def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int) -> dict[str, float]:
-    """Mean return and length of `episodes` fresh episodes with the greedy policy (mode="eval").
+def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int, sample: bool = False) -> dict[str, float]:
+    """Mean return and length of `episodes` fresh episodes with the greedy policy (mode="eval"),
+    or with sampled actions (mode="explore", the policy that training optimises and runs).
 
     Each env runs a fixed share of the episodes, so short episodes are not over-represented
     (taking the first `episodes` to finish over all envs would favour them).
@@ -142,7 +143,7 @@ def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int) -> dict[str, floa
         for i, ret, length in tracker.observe(step):
             if len(results[i]) < share[i]:
                 results[i].append((ret, length))
-        action, state = agent.policy(step, state, mode="eval")
+        action, state = agent.policy(step, state, mode="explore" if sample else "eval")
         step = env.step(action)
     flat = [result for done in results for result in done]
     return {
@@ -284,7 +285,7 @@ def train(cfg: Config, resume: str | None) -> int:
                 window.clear()
                 window_start, window_steps = time.time(), now
             if crossed(tc.eval_every, before, now) and eval_env is not None:
-                last_eval, evaluated_at = evaluate(agent, eval_env, tc.eval_episodes), now
+                last_eval, evaluated_at = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample), now
                 logger.scalars(now, last_eval)
                 tqdm.write(f"step {now}: eval return {last_eval['eval/return']:.3f}")
             if crossed(tc.video_every, before, now) and "image" in env.obs_space and progress.updates:
@@ -301,7 +302,7 @@ def train(cfg: Config, resume: str | None) -> int:
             print(f"stopped at {progress.env_steps} env steps; continue with --resume {logdir}")
             return EXIT_INTERRUPTED
         if eval_env is not None and evaluated_at != progress.env_steps:
-            last_eval = evaluate(agent, eval_env, tc.eval_episodes)
+            last_eval = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample)
             logger.scalars(progress.env_steps, last_eval)
         if saved_at != progress.env_steps:
             save_checkpoint(logdir, cfg, agent, replay, progress, rng)
@@ -335,7 +336,7 @@ def eval_only(checkpoint_path: str, overrides: list[str], logdir: str | None, se
         load_weights(checkpoint, agent)
         step = load_loop_state(checkpoint)[0].env_steps
         start = time.time()
-        result = evaluate(agent, env, cfg.train.eval_episodes)
+        result = evaluate(agent, env, cfg.train.eval_episodes, cfg.train.eval_sample)
     os.makedirs(logdir, exist_ok=True)
     with Logger(logdir, episode_log=False) as logger:
         logger.scalars(step, {**result, "eval/episodes": cfg.train.eval_episodes})
@@ -396,7 +397,8 @@ def make_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--eval-only",
         metavar="CHECKPOINT",
-        help="evaluate a checkpoint (or a run folder's latest) for train.eval_episodes greedy episodes; "
+        help="evaluate a checkpoint (or a run folder's latest) for train.eval_episodes greedy episodes "
+        "(sampled with train.eval_sample=true); "
         "eval/return and eval/length go to metrics.jsonl",
     )
     return parser

@@ -134,6 +134,7 @@ class TrainConfig:
     log_every: int = 1000  # env steps between logged scalars
     eval_every: int = 10_000  # env steps between evaluations (0: never)
     eval_episodes: int = 10  # episodes per evaluation
+    eval_sample: bool = False  # evaluate the sampled policy (DreamerV3's evaluation), not its mode
     checkpoint_every: int = 10_000  # env steps between checkpoints (and one at the end)
     video_every: int = 10_000  # env steps between open-loop prediction videos (image tasks)
 
