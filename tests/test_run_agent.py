@@ -263,3 +263,23 @@ def test_command_line_error_exits_2_without_traceback():
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and "--no-such-flag" in result.stderr
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_evaluate_uses_the_mode_or_samples(sample, one_thread):
+    """train.eval_sample picks the policy's sampled actions ("explore") over its mode ("eval")."""
+    cfg = run_agent.build_config(run_agent.parse_args([*SHORT, "--env", "popgym:RepeatPreviousEasy"]))
+    modes: list[str] = []
+    with run_agent.make_env(cfg, 2, 0) as env:
+        agent = run_agent.make_agent(cfg, env)
+        policy = agent.policy
+
+        def recording(step, state, mode="explore"):
+            modes.append(mode)
+            return policy(step, state, mode)
+
+        agent.policy = recording
+        result = run_agent.evaluate(agent, env, 3, sample=sample)
+    assert set(modes) == {"explore" if sample else "eval"}
+    # 3 episodes of 16 steps over 2 envs: env 0 runs 2 of them, so 2 * 16 policy steps at least.
+    assert result["eval/length"] == 16 and len(modes) >= 32
