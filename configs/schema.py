@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "model.reward_head": ("twohot", "symlog_mse"),
     "s3m.discretization": ("bilinear", "zoh"),
+    "s3m.bc_init": ("r2i", "unit"),
     "s3m.scan": ("auto", "chunked", "associative", "loop"),
     "agent.policy_input": ("output", "hidden", "full"),
     "agent.actor_grad": ("auto", "reinforce", "dynamics"),
@@ -47,9 +48,11 @@ class ModelConfig:
     stoch_groups: int = 32  # S: number of categorical latents in z_t
     stoch_classes: int = 32  # C: classes per categorical latent
     unimix: float = 0.01  # uniform mixture on posterior/prior probabilities (DV3)
-    hidden: int = 512  # width of the deterministic output state h_t (S3M) / GRU state (RSSM)
-    units: int = 512  # width of hidden MLP layers (encoder, posterior, prior, heads)
-    mlp_layers: int = 2  # hidden layers of the vector encoder/decoder, posterior and prior MLPs
+    hidden: int = 512  # D: width of the output state h_t (S3M, R2I `deter`) / GRU state (RSSM)
+    units: int = 512  # width of hidden MLP layers (posterior, prior, heads)
+    mlp_units: int = 512  # width of the vector encoder/decoder MLPs (R2I/DV3 `encoder.mlp_units`)
+    mlp_layers: int = 2  # hidden layers of the vector encoder/decoder MLPs
+    latent_layers: int = 1  # hidden layers of the posterior and prior MLPs (DV3/R2I `obs_out`, `img_out`)
     head_layers: int = 2  # hidden layers of the reward and continue heads
     cnn_depth: int = 32  # channels of the first image conv; doubled at every stage
     cnn_stages: int = 4  # stride-2 conv stages (64x64 -> 4x4)
@@ -75,12 +78,16 @@ class S3MConfig:
     """The S5 stack of the S3M world model (DESIGN.md §3)."""
 
     layers: int = 3  # K: SSM blocks in the stack
+    width: int = 512  # H: input/output width of every SSM block (R2I `rssm.units`)
     state_size: int = 128  # P: complex state size of each S5 layer
-    blocks: int = 4  # HiPPO-N blocks on the diagonal at initialisation
+    blocks: int = 8  # HiPPO-N blocks on the diagonal at initialisation (R2I `n_blocks`)
+    # r2i: B fan-in P, C fan-in P*H per real part (R2I `lecun_normal`, `trunc_standard_normal`);
+    # unit: B fan-in H, C variance 1/P per complex entry (y_t at unit scale)
+    bc_init: str = "r2i"
     discretization: str = "bilinear"  # bilinear (R2I default) or zoh
     dt_min: float = 1e-3  # lower end of the log-uniform init of the step size Delta
     dt_max: float = 1e-1  # upper end of the log-uniform init of the step size Delta
-    learn_initial_state: bool = False  # learned x_init (else zeros); resets load it
+    learn_initial_state: bool = True  # learned x_init (else zeros); resets load it (R2I `initial: learned`)
     scan: str = "auto"  # recurrence implementation: auto picks chunked on CPU, associative on GPU
     dropout: float = 0.0  # dropout after the GLU in each block
 

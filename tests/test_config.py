@@ -130,7 +130,7 @@ def test_size_presets_set_the_same_size_keys():
         assert not {"env.name", "agent.policy_input"} & _flat_keys(_preset_yaml(size)), size
 
 
-# Reference settings per domain (DESIGN.md §7): K, P, H, train ratio, B, T, policy input.
+# Reference settings per domain (DESIGN.md §7): K, P, H (the SSM width), train ratio, B, T, policy input.
 REFERENCE = {
     "memory_maze": (5, 512, 1024, 64, 4, 1024, "full"),
     "popgym": (5, 512, 1024, 64, 4, 1024, "hidden"),
@@ -148,7 +148,7 @@ def test_domain_presets_hold_the_reference_settings(domain):
     got = (
         cfg.s3m.layers,
         cfg.s3m.state_size,
-        cfg.model.hidden,
+        cfg.s3m.width,
         cfg.train.train_ratio,
         cfg.train.batch_size,
         cfg.train.seq_len,

@@ -20,6 +20,7 @@ UPDATES, BATCH = 300, 32
 OVERRIDES = [
     "model.hidden=64", "model.units=64", "model.stoch_groups=8", "model.stoch_classes=8",
     "model.mlp_layers=1", "model.head_layers=1", "model.lr=3e-3", "s3m.layers=2", "s3m.state_size=32",
+    "s3m.width=64",
 ]  # fmt: skip
 
 

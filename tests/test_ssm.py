@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from configs.schema import S3MConfig
 from world_model.ssm import S5Layer, SSMStack, hippo_normal
 
 
@@ -135,9 +136,50 @@ def test_step_sizes_and_stability():
 
 
 def test_zero_initial_state_is_a_buffer():
-    layer = S5Layer(4, 8)
+    layer = S5Layer(4, 8, learn_initial_state=False)
     assert "x_init" not in dict(layer.named_parameters())
     assert torch.equal(layer.initial_state(3), torch.zeros(3, 8, dtype=torch.complex64))
+
+
+def test_initial_state_is_learned_by_default():
+    """R2I learns the state a reset loads (`rssm.initial: learned`), in the layer and the config."""
+    assert "x_init" in dict(S5Layer(4, 8).named_parameters())
+    cfg = S3MConfig()
+    assert cfg.learn_initial_state and cfg.blocks == 8 and cfg.bc_init == "r2i"
+
+
+@pytest.mark.parametrize(
+    ("bc_init", "b_var", "c_var"), [("r2i", 1 / 64, 1 / (64 * 256)), ("unit", 1 / 256, 1 / 64)]
+)
+def test_input_and_output_matrix_scales(bc_init, b_var, c_var):
+    """E|B̃_pk|^2 and E|C̃_kp|^2 at init for H=256, P=64: V is unitary, so B̃ = V^H B and C̃ = C V keep
+    B's and C's per-entry variance. R2I (`mimo.py`): B LeCun on (P, H), fan-in P; C's real and
+    imaginary parts LeCun on (H, P, 2), fan-in P·H each, so |C̃|^2 has 2 / (P·H)."""
+    torch.manual_seed(0)
+    H, P = 256, 64
+    if bc_init == "r2i":
+        c_var = 2 * c_var
+    layer = S5Layer(H, P, blocks=8, bc_init=bc_init)
+    b = (layer.B_re.double() ** 2 + layer.B_im.double() ** 2).mean().item()
+    c = (layer.C_re.double() ** 2 + layer.C_im.double() ** 2).mean().item()
+    assert b == pytest.approx(b_var, rel=0.05), f"E|B̃|^2 = {b}, expected {b_var}"
+    assert c == pytest.approx(c_var, rel=0.05), f"E|C̃|^2 = {c}, expected {c_var}"
+
+
+def test_r2i_init_state_scale():
+    """The state the hidden-state policy reads: at H=512, P=128 with unit-scale inputs, R2I's B init
+    (fan-in P) gives states 2x the rms of a fan-in-H init, and the truncated normal keeps |B| < 2 std."""
+    torch.manual_seed(0)
+    H, P = 512, 128
+    u = torch.randn(4, 64, H)
+    first = torch.zeros(4, 64, dtype=torch.bool)
+    rms = {}
+    for bc_init in ("r2i", "unit"):
+        layer = S5Layer(H, P, blocks=8, bc_init=bc_init)
+        with torch.no_grad():
+            _, x = layer(u, first, layer.initial_state(4))
+        rms[bc_init] = x.abs().pow(2).mean().sqrt().item()
+    assert rms["r2i"] / rms["unit"] == pytest.approx(2.0, rel=0.1), rms
 
 
 def test_step_without_resets_equals_all_false_mask():

@@ -124,19 +124,86 @@ def test_free_bits_clip_and_total():
     assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_optimizer_groups_and_update():
-    model, cfg = make_model(VECTOR, **{"model.weight_decay": 0.01})
+def test_weight_decay_only_on_kernels():
+    """R2I decays only parameters named `/(w|kernel)$`: Linear and conv weight matrices, not the
+    LayerNorm scales, biases, S5 parameters or the learned initial state."""
+    model, cfg = make_model(VECTOR, **{"model.weight_decay": 0.5, "s3m.learn_initial_state": True})
     opt = model.make_optimizer()
-    ssm_ids = {id(p) for p in model.ssm.parameters()} - {
-        id(p) for block in model.ssm.layers for p in [*block.glu.parameters(), *block.norm.parameters()]
-    }
-    no_decay = [g for g in opt.param_groups if g["weight_decay"] == 0.0]
-    assert len(no_decay) == 1 and {id(p) for p in no_decay[0]["params"]} == ssm_ids
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert len(decay) == sum(len(g["params"]) for g in opt.param_groups)  # each parameter once
+    assert set(decay) == {id(p) for p in model.parameters()}
+    block = model.ssm.layers[0]
+    s5 = block.ssm
+    assert isinstance(s5.x_init, torch.nn.Parameter)
+    decayed = [model.inp[0].weight, model.out[0].weight, block.glu.weight]
+    kept = [model.inp[1].weight, model.out[0].bias, block.glu.bias, block.norm.weight, block.norm.bias]
+    kept += [s5.lam_re, s5.lam_im, s5.B_re, s5.B_im, s5.C_re, s5.C_im, s5.D, s5.log_dt, s5.x_init]
+    assert all(decay[id(p)] == 0.5 for p in decayed)
+    assert all(decay[id(p)] == 0.0 for p in kept)
+    assert all(p.dim() >= 2 for p in model.parameters() if decay[id(p)] > 0)
+
+    # One step with zero gradients: Adam's update is 0, so only the decoupled decay moves a parameter.
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    shrink = 1.0 - cfg.model.lr * 0.5
+    for p in model.parameters():
+        old = before[id(p)]
+        torch.testing.assert_close(p.detach(), old * shrink if decay[id(p)] > 0 else old, rtol=0, atol=0)
+    assert all(not torch.equal(p.detach(), before[id(p)]) for p in decayed)  # not vacuous
+
     batch = make_batch(VECTOR, 4, 8)
-    before = model.observe(batch)[1]["total"].item()
+    before_loss = model.observe(batch)[1]["total"].item()
     for _ in range(20):
         model.update(batch)
-    assert model.observe(batch)[1]["total"].item() < before
+    assert model.observe(batch)[1]["total"].item() < before_loss
+
+
+def test_update_clips_each_ssm_group_on_its_own(monkeypatch):
+    """R2I clips every SSM parameter kind (over all layers) and the rest of the model each to
+    `grad_clip` on its own: one kind's huge gradient does not scale down the others'."""
+    clip = 1.0
+    overrides = {"model.grad_clip": clip, "s3m.layers": 2, "s3m.learn_initial_state": True}
+    model, _ = make_model(VECTOR, **overrides)
+    model.opt = model.make_optimizer()
+    blocks = [block.ssm for block in model.ssm.layers]
+    # Set -> norm of its gradient. Λ's real part dwarfs the rest; B̃'s real and imaginary parts are
+    # each below the clip but together above it, so they are clipped as one complex B̃.
+    norms = {"lam_re": 1e4, "lam_im": 0.5, "B": 1.2, "C": 0.5, "D": 0.5, "log_dt": 0.5, "default": 0.5}
+    kinds = {"lam_re": ["lam_re"], "lam_im": ["lam_im"], "B": ["B_re", "B_im"], "C": ["C_re", "C_im"]}
+    kinds |= {"D": ["D"], "log_dt": ["log_dt"]}
+    sets = {kind: [getattr(m, name) for m in blocks for name in names] for kind, names in kinds.items()}
+    s5_ids = {id(p) for params in sets.values() for p in params}
+    sets["default"] = [p for p in model.parameters() if id(p) not in s5_ids]  # x_init included
+    gen = torch.Generator().manual_seed(0)
+    target = {}
+    for kind, params in sets.items():
+        raw = [torch.randn(p.shape, generator=gen) for p in params]
+        total = torch.sqrt(sum(g.square().sum() for g in raw))
+        target |= {id(p): g * (norms[kind] / total) for p, g in zip(params, raw)}
+
+    observe = model.observe
+
+    def linear_loss(batch, state=None):  # a loss whose gradient is `target`
+        post, losses, metrics, last = observe(batch, state)
+        total = sum((p * target[id(p)]).sum() for p in model.parameters())
+        return post, {**losses, "total": total}, metrics, last
+
+    seen = {}
+
+    def capture():  # in place of the optimiser's step: the gradients after clipping
+        seen.update({id(p): p.grad.clone() for p in model.parameters()})
+
+    monkeypatch.setattr(model, "observe", linear_loss)
+    monkeypatch.setattr(model.opt, "step", capture)
+    metrics = model.update(make_batch(VECTOR, 2, 4))[1]
+
+    for kind, params in sets.items():
+        scale = min(1.0, clip / (norms[kind] + 1e-6))  # torch's clip_grad_norm_ coefficient
+        for p in params:
+            torch.testing.assert_close(seen[id(p)], target[id(p)] * scale, msg=kind)
+    assert metrics["wm/grad_norm"] == pytest.approx(sum(n**2 for n in norms.values()) ** 0.5, rel=1e-5)
 
 
 def test_kl_terms_match_their_definition():

@@ -35,6 +35,18 @@ from world_model.ssm import S5Layer
 State = dict[str, torch.Tensor]
 ObsSpace = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 CONTRACT_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
+# S5Layer parameter -> R2I's SSM optimiser group. R2I's B̃ and C̃ are complex, so their real and
+# imaginary parts form one group here.
+S5_KINDS = {
+    "lam_re": "Lambda_re",
+    "lam_im": "Lambda_im",
+    "B_re": "B",
+    "B_im": "B",
+    "C_re": "C",
+    "C_im": "C",
+    "D": "D",
+    "log_dt": "log_step",
+}
 
 
 def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -74,9 +86,9 @@ class WorldModel(nn.Module):
         self.obs_space = dict(obs_space)
         self.action_dim = action_dim
         self.stoch_dim = cfg.stoch_groups * cfg.stoch_classes
-        self.encoder = MultiEncoder(obs_space, cfg.units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages)
+        self.encoder = MultiEncoder(obs_space, cfg.mlp_units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages)
         self.decoder = MultiDecoder(
-            head_dim, obs_space, cfg.units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages
+            head_dim, obs_space, cfg.mlp_units, cfg.mlp_layers, cfg.cnn_depth, cfg.cnn_stages
         )
         reward_heads = {
             "twohot": lambda: TwoHotHead(head_dim, cfg.units, cfg.head_layers, cfg.reward_bins),
@@ -85,6 +97,7 @@ class WorldModel(nn.Module):
         self.reward_head = reward_heads[cfg.reward_head]()
         self.cont_head = BernoulliHead(head_dim, cfg.units, cfg.head_layers)
         self.opt: torch.optim.Optimizer | None = None
+        self._clip_sets: list[list[nn.Parameter]] = []  # set with the optimiser (`make_optimizer`)
 
     state_keys: tuple[str, ...] = ()  # the keys an imagined state carries; set by the subclass
 
@@ -177,21 +190,64 @@ class WorldModel(nn.Module):
             metrics["wm/reward_mae"] = (reward_dist.mean() - batch["reward"]).abs().mean().item()
         return post, losses, metrics, last_state
 
+    def _optimizer_sets(self) -> tuple[list[nn.Parameter], list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        """Every trainable parameter once, by how R2I's optimiser (jaxutils.Optimizer) treats it.
+
+        Returns:
+            decayed: weight matrices and kernels of Linear and (transposed) convolution layers
+                outside the S5 layers, R2I's weight-decay pattern `/(w|kernel)$`.
+            plain: every other non-S5 parameter (norm scales, biases, learned initial states).
+            s5: S5 kind -> its parameters over all layers, R2I's SSM groups `Lambda_re`,
+                `Lambda_im`, `B`, `C`, `D`, `log_step`.
+        """
+        s5_kind = {}
+        for module in self.modules():
+            if isinstance(module, S5Layer):
+                for name, param in module.named_parameters(recurse=False):
+                    # x_init is not in R2I's SSM groups: it stays with the default set.
+                    if name in S5_KINDS:
+                        s5_kind[id(param)] = S5_KINDS[name]
+        kernels = {
+            id(m.weight)
+            for m in self.modules()
+            if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d) and m.weight.dim() >= 2
+        }
+        decayed, plain = [], []
+        s5: dict[str, list[nn.Parameter]] = {kind: [] for kind in dict.fromkeys(S5_KINDS.values())}
+        for param in self.parameters():
+            if id(param) in s5_kind:
+                s5[s5_kind[id(param)]].append(param)
+            elif id(param) in kernels:
+                decayed.append(param)
+            else:
+                plain.append(param)
+        return decayed, plain, {kind: params for kind, params in s5.items() if params}
+
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """Adam(W) over every parameter; SSM parameters (Λ, B̃, C̃, D, log Δ, x_init) without weight decay."""
+        """AdamW; weight decay only on Linear and convolution weight matrices (R2I `/(w|kernel)$`).
+
+        Also fixes the sets `update` clips on their own (R2I's one optax chain per parameter group,
+        each with its own `clip_by_global_norm`): every non-S5 parameter together, and each S5 kind
+        (Λ real, Λ imaginary, B̃, C̃, D, log Δ) over all layers.
+        """
         cfg = self.cfg
-        ssm_ids = {id(p) for m in self.modules() if isinstance(m, S5Layer) for p in m.parameters()}
-        ssm = [p for p in self.parameters() if id(p) in ssm_ids]
-        other = [p for p in self.parameters() if id(p) not in ssm_ids]
-        groups = [{"params": other, "weight_decay": cfg.weight_decay}]
-        if ssm:
-            groups.append({"params": ssm, "weight_decay": 0.0})
+        decayed, plain, s5 = self._optimizer_sets()
+        self._clip_sets = [decayed + plain, *s5.values()]
+        ssm = [p for params in s5.values() for p in params]
+        groups = [
+            {"params": params, "weight_decay": decay}
+            for params, decay in ((decayed, cfg.weight_decay), (plain, 0.0), (ssm, 0.0))
+            if params
+        ]
         return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
     def update(
         self, batch: Mapping[str, torch.Tensor], state: State | None = None
     ) -> tuple[State, dict[str, float], State]:
         """One gradient step on a (B, T) batch: observe, backward, clip, step.
+
+        Each of the clip sets `make_optimizer` fixed is clipped to `grad_clip` on its own (R2I);
+        `wm/grad_norm` is the global norm over all of them, before clipping.
 
         Returns the posterior states (detached, leading (B, T)), metrics and the last state.
         """
@@ -200,9 +256,11 @@ class WorldModel(nn.Module):
         self.opt.zero_grad(set_to_none=True)
         post, losses, metrics, last_state = self.observe(batch, state)
         losses["total"].backward()
-        norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
+        assert self._clip_sets, "update: the optimiser must come from make_optimizer"
+        norms = [nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) for params in self._clip_sets]
         self.opt.step()
-        metrics["wm/grad_norm"] = float(norm)
+        # A set without gradients has a 0-dim CPU norm, which `sum` (unlike `stack`) adds to CUDA ones.
+        metrics["wm/grad_norm"] = float(sum(norm.square() for norm in norms) ** 0.5)
         detach = lambda s: {k: v.detach() for k, v in s.items()}  # noqa: E731
         return detach(post), metrics, detach(last_state)
 

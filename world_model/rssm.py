@@ -12,11 +12,11 @@ with its `_mask`: h_{t-1} := tanh(w) with w learned (DV3 2023 default `initial: 
 reset. The posterior reads h_t, so observing a sequence is a loop over T, one step at a time: that
 is the RSSM's cost against the S3M, whose posterior does not read the sequence model.
 
-Differences from DV3's code, all of them no-ops or shared with the S3M for a like-for-like
-comparison: the prior and posterior MLPs have `cfg.mlp_layers` hidden layers, as the S3M's do (DV3
-uses one; `model.mlp_layers=1` reproduces it); DV3 divides actions by sg(max(1, |a|)), the identity
-here because the data contract keeps actions in [-1, 1]; heads, losses and optimiser are the
-shared ones of `world_model.base`.
+The prior and posterior MLPs have `cfg.latent_layers` hidden layers (DV3: one, the default), as
+the S3M's do. Differences from DV3's code, all of them no-ops or shared with the S3M for a
+like-for-like comparison: DV3 divides actions by sg(max(1, |a|)), the identity here because the
+data contract keeps actions in [-1, 1]; heads, losses and optimiser are the shared ones of
+`world_model.base`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class RSSM(WorldModel):
     def __init__(self, obs_space: ObsSpace, action_dim: int, cfg: ModelConfig, rssm_cfg: RSSMConfig):
         stoch = cfg.stoch_groups * cfg.stoch_classes
         super().__init__(obs_space, action_dim, cfg, head_dim=cfg.hidden + stoch)
-        assert cfg.mlp_layers >= 1, "RSSM: the posterior and prior need mlp_layers >= 1"
+        assert cfg.latent_layers >= 1, "RSSM: the posterior and prior need latent_layers >= 1"
         self.rssm_cfg = rssm_cfg
         H, U = cfg.hidden, cfg.units
         # DV3 `img_in`: Linear (no bias, the norm's offset replaces it) -> LayerNorm -> SiLU.
@@ -95,8 +95,8 @@ class RSSM(WorldModel):
         )
         init_weights_(self.inp)
         self.gru = NormGRUCell(U, H, rssm_cfg.gru_layer_norm)
-        self.posterior = MLP(H + self.encoder.out_dim, stoch, cfg.units, cfg.mlp_layers)
-        self.prior = MLP(H, stoch, cfg.units, cfg.mlp_layers)
+        self.posterior = MLP(H + self.encoder.out_dim, stoch, cfg.units, cfg.latent_layers)
+        self.prior = MLP(H, stoch, cfg.units, cfg.latent_layers)
         # The initial h is tanh(w), w starting at 0 so h_init = 0 (DV3 `initial: learned`).
         self.initial_deter = nn.Parameter(torch.zeros(H))
 

@@ -2,10 +2,14 @@
 
     e_t        = Encoder(o_t)
     q(z_t|o_t) = Cat(MLP(e_t))                          non-recurrent: all T steps at once
-    u_t        = SiLU(LN(Linear([z_{t-1}, a_{t-1}])))   zeros for z_{t-1}, a_{t-1} at is_first
-    y_t, x_t   = SSMStack(u_t, x_{t-1})                 x_{t-1} := x_init at is_first
-    h_t        = SiLU(Linear(y_t))
+    u_t        = SiLU(LN(Linear([z_{t-1}, a_{t-1}])))   (…, H); zeros for z_{t-1}, a_{t-1} at is_first
+    y_t, x_t   = SSMStack(u_t, x_{t-1})                 (…, H), (…, K, P); x_{t-1} := x_init at is_first
+    h_t        = SiLU(Linear(y_t))                      (…, D), R2I's `out_proj` to its `deter` width
     p(z_t|h_t) = Cat(MLP(h_t))
+
+H is the SSM's width (`s3m.width`, R2I `rssm.units`) and D the output state's (`model.hidden`, R2I
+`rssm.deter`); the posterior and prior MLPs have `model.latent_layers` hidden layers (R2I's
+`obs_out` and `img_out`: one).
 
 Because the posterior does not read h_t, the whole sequence of z_t is sampled first and the SSM
 stack then runs in parallel over T (`_latents`); acting (`_obs_step`) and imagining (`_img_step`)
@@ -30,7 +34,7 @@ LN_EPS = 1e-3
 class S3M(WorldModel):
     """R2I's world model: non-recurrent posterior, S5 stack as the sequence model.
 
-    State keys (leading shape (…)): `z` (…, S·C) one-hot sample, `h` (…, H) output state,
+    State keys (leading shape (…)): `z` (…, S·C) one-hot sample, `h` (…, D) output state,
     `x` (…, K, P) complex64 SSM states, `action` (…, A) the previous action, and in posterior
     states from `observe` also `logits` (…, S·C).
     """
@@ -41,8 +45,8 @@ class S3M(WorldModel):
         stoch = cfg.stoch_groups * cfg.stoch_classes
         super().__init__(obs_space, action_dim, cfg, head_dim=cfg.hidden + stoch)
         self.ssm_cfg = ssm_cfg
-        H = cfg.hidden
-        self.posterior = MLP(self.encoder.out_dim, stoch, cfg.units, cfg.mlp_layers)
+        H, D = ssm_cfg.width, cfg.hidden
+        self.posterior = MLP(self.encoder.out_dim, stoch, cfg.units, cfg.latent_layers)
         self.inp = nn.Sequential(
             nn.Linear(stoch + action_dim, H, bias=False), nn.LayerNorm(H, eps=LN_EPS), nn.SiLU()
         )
@@ -58,10 +62,11 @@ class S3M(WorldModel):
             dt_max=ssm_cfg.dt_max,
             learn_initial_state=ssm_cfg.learn_initial_state,
             scan=ssm_cfg.scan,
+            bc_init=ssm_cfg.bc_init,
         )
-        self.out = nn.Sequential(nn.Linear(H, H), nn.SiLU())
+        self.out = nn.Sequential(nn.Linear(H, D), nn.SiLU())
         init_weights_(self.out)
-        self.prior = MLP(H, stoch, cfg.units, cfg.mlp_layers)
+        self.prior = MLP(D, stoch, cfg.units, cfg.latent_layers)
 
     def initial_state(self, batch_size: int) -> State:
         device = self.out[0].weight.device
@@ -75,7 +80,7 @@ class S3M(WorldModel):
     def _seq_input(
         self, z_prev: torch.Tensor, a_prev: torch.Tensor, is_first: torch.Tensor | None
     ) -> torch.Tensor:
-        """u_t from (z_{t-1}, a_{t-1}), both zeroed where the episode restarts: (…, H).
+        """u_t from (z_{t-1}, a_{t-1}), both zeroed where the episode restarts: (…, H) with H the SSM width.
 
         `is_first=None` means no step restarts (imagination).
         """
@@ -95,7 +100,7 @@ class S3M(WorldModel):
         a_prev = torch.cat([state["action"].unsqueeze(1), action[:, :-1]], 1)  # (B, T, A)
         u = self._seq_input(z_prev, a_prev, is_first)
         y, x = self.ssm(u, is_first, state["x"])  # (B, T, H), (B, T, K, P)
-        h = self.out(y)
+        h = self.out(y)  # (B, T, D)
         prior_logits = self.prior(h)
         post = {"z": z, "h": h, "x": x, "logits": logits}
         last = {"z": z[:, -1], "h": h[:, -1], "x": x[:, -1], "action": action[:, -1]}
@@ -116,7 +121,7 @@ class S3M(WorldModel):
         return {"z": self._sample_latent(self.prior(h)), "h": h, "x": x}
 
     def prior_logits(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Prior logits (…, S·C) from the output state h."""
+        """Prior logits (…, S·C) from the output state h (…, D)."""
         return self.prior(state["h"])
 
     def feature_dim(self, policy_input: str) -> int:

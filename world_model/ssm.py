@@ -25,6 +25,18 @@ from torch import nn
 
 from world_model.scan import linear_recurrence
 
+BC_INITS = ("r2i", "unit")
+
+
+def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """In place: truncated normal on [-2, 2] standard deviations with variance 1 / fan_in.
+
+    JAX's `lecun_normal` (what R2I and S5 use): the 0.8796 factor undoes the truncation's loss
+    of variance, so the samples' variance is exactly 1 / fan_in.
+    """
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
 
 def hippo_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the normal part of HiPPO-LegS (HiPPO-N), the S5 initialisation.
@@ -57,6 +69,10 @@ class S5Layer(nn.Module):
         dt_min, dt_max: range of the log-uniform initialisation of Δ.
         learn_initial_state: learn x_init (otherwise it stays zero).
         scan: implementation of the recurrence (`auto`, `chunked`, `associative`, `loop`).
+        bc_init: scale of B̃ and C̃ at initialisation. `r2i` follows R2I's `mimo.py`: B = truncated
+            LeCun-normal on the shape (P, H), whose fan-in is P, and C's real and imaginary parts
+            truncated LeCun-normal on the shape (H, P, 2), whose fan-in is P·H. `unit` draws B with
+            fan-in H and C with variance 1/P per complex entry, so that y_t starts at unit scale.
     """
 
     def __init__(
@@ -67,12 +83,14 @@ class S5Layer(nn.Module):
         discretization: str = "bilinear",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        learn_initial_state: bool = False,
+        learn_initial_state: bool = True,
         scan: str = "auto",
+        bc_init: str = "r2i",
     ):
         super().__init__()
         assert state_size % blocks == 0, f"state_size {state_size} must divide into {blocks} HiPPO blocks"
         assert discretization in ("bilinear", "zoh"), f"unknown discretization {discretization!r}"
+        assert bc_init in BC_INITS, f"unknown bc_init {bc_init!r}, expected one of {BC_INITS}"
         self.hidden, self.state_size = hidden, state_size
         self.discretization, self.scan = discretization, scan
         H, P = hidden, state_size
@@ -83,12 +101,20 @@ class S5Layer(nn.Module):
         self.lam_re = nn.Parameter(torch.tensor(lam.real, dtype=torch.float32))
         self.lam_im = nn.Parameter(torch.tensor(lam.imag, dtype=torch.float32))
         V = torch.tensor(V, dtype=torch.complex128)
-        # B̃ = V^-1 B with B LeCun-normal (fan-in H); V is unitary so V^-1 = V^H.
-        B_tilde = V.conj().T @ (torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)).to(V.dtype)
+        # B̃ = V^-1 B and C̃ = C V (S5), with V unitary so V^-1 = V^H.
+        if bc_init == "r2i":
+            # JAX's lecun_normal takes the second-to-last axis as fan-in: P for B (P, H), and
+            # P·H for C (H, P, 2), whose last axis (real, imaginary) counts as a receptive field.
+            B = lecun_normal_(torch.empty(P, H, dtype=torch.float64), fan_in=P)
+            C = lecun_normal_(torch.empty(H, P, 2, dtype=torch.float64), fan_in=P * H)
+            C = torch.view_as_complex(C)
+        else:
+            B = torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)
+            C = torch.randn(H, P, dtype=torch.complex128) / math.sqrt(P)
+        B_tilde = V.conj().T @ B.to(V.dtype)  # (P, H)
+        C_tilde = C @ V  # (H, P)
         self.B_re = nn.Parameter(B_tilde.real.float())
         self.B_im = nn.Parameter(B_tilde.imag.float())
-        # C̃ = C V with C complex normal of variance 1/P, so y starts at unit scale.
-        C_tilde = (torch.randn(H, P, dtype=torch.complex128) / math.sqrt(P)) @ V
         self.C_re = nn.Parameter(C_tilde.real.float())
         self.C_im = nn.Parameter(C_tilde.imag.float())
         self.D = nn.Parameter(torch.randn(H))
