@@ -10,8 +10,9 @@ One update (DESIGN.md §4):
    losses of states the episode may never reach.
 3. λ-returns R_t from the critic's values (`agent.returns`), normalised by the EMA percentile
    scale S: advantages A_t = (R_t - v_t) / S.
-4. Actor: REINFORCE `-log π(a_t|s_t) sg(A_t)` (discrete) or dynamics backprop `-R_t / S` through
-   the world model (continuous), minus `entropy` · H[π(·|s_t)]; weighted by w_t, mean over t < H.
+4. Actor: REINFORCE `-log π(a_t|s_t) sg(A_t)` (discrete) or dynamics backprop `-(R_t - v_t) / S`
+   through the world model and the critic (continuous), minus `entropy` · H[π(·|s_t)]; weighted by
+   w_t, mean over t < H.
 5. Critic: two-hot NLL of sg(R_t) plus `slow_critic_reg` × NLL of the slow critic's value, on
    detached features, weighted by w_t; then the slow critic moves by `slow_critic_fraction`.
 
@@ -208,8 +209,11 @@ class ActorCritic(nn.Module):
 
             # Actor loss (DreamerV3 ImagActorCritic.loss).
             if dynamics:
-                # The normalisation's offset carries no gradient; only R_t / S is optimised.
-                objective = returns / scale
+                # DreamerV3 `ImagActorCritic.loss` (and R2I): the backprop loss is -adv with
+                # adv = (R_t - off) / S - (v_t - off) / S; the offset cancels, and the baseline v_t
+                # keeps its graph through the frozen critic and the imagined features, so the loss
+                # gradient is (∂v_t - ∂R_t) / S, not -∂R_t / S alone.
+                objective = (returns - value[:-1]) / scale
             else:
                 objective = logpi[:-1] * adv
             actor_loss = (-(objective + cfg.entropy * entropy[:-1]) * weight[:-1]).mean()
