@@ -11,8 +11,10 @@ examples:
 The loop (DESIGN.md §6): N vectorised envs act with the agent's policy (the world model's step
 mode on a carried latent that resets per env at `is_first`); every step goes into the sequence
 replay, one stream per env; after `train.prefill` steps of random actions the agent trains on
-replayed (B, T) batches, `train.train_ratio` replayed steps per env step (DreamerV3). Along the
-way it logs scalars, videos of open-loop predictions for image tasks, evaluates and checkpoints.
+replayed (B, T) batches, `train.train_ratio` replayed steps per env step (DreamerV3). With
+`replay.store_state`, each step is stored with its latent and every update writes the posteriors it
+trained on back over them (DreamerV3's replay context). Along the way it logs scalars, videos of
+open-loop predictions for image tasks, evaluates and checkpoints.
 Config keys, their defaults and meanings: configs/schema.py; presets: configs/presets/.
 
 A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: agent/checkpoint.py):
@@ -268,7 +270,14 @@ def train(cfg: Config, resume: str | None) -> int:
             if progress.env_steps >= tc.prefill and replay.stream_lengths.max() >= T:
                 progress.update_credit += env.num_envs * updates_per_step
                 while progress.update_credit >= 1.0:
-                    for key, value in agent.train(replay.sample(B, T)).items():
+                    batch = replay.sample(B, T)
+                    metrics, states = agent.train_with_states(batch)
+                    if cfg.replay.store_state:
+                        # Replay context (DreamerV3): the posteriors just trained on replace the
+                        # stored latents of these steps, so later samples start from a recent model's
+                        # latents instead of those of the model that acted (or prefilled) back then.
+                        replay.update_state(batch["start/stream"], batch["start/index"], states)
+                    for key, value in metrics.items():
                         window[key].append(value)
                     progress.update_credit -= 1.0
                     progress.updates += 1

@@ -3,6 +3,7 @@
     agent = Agent(cfg, env.obs_space, env.action_dim, env.discrete, device)
     action, state = agent.policy(step, state)          # acting, one contract step of N envs
     metrics = agent.train(replay.sample(B, T))         # world model, then actor-critic
+    metrics, states = agent.train_with_states(batch)   # the same, plus fresh replay-context states
 
 Acting runs the world model's step mode on the carried latent state (DESIGN.md §6): per-env
 resets come from `is_first`, and `state["action"]` holds the action just chosen, which the next
@@ -12,13 +13,16 @@ actor-critic from all B·T posterior states (R2I / DreamerV3).
 Replay context (DESIGN.md §5, DreamerV3): with `replay.store_state`, the loop stores
 `replay_state(state)` with every step; a sampled batch then holds `start/<name>` (the stored latent
 of the step before each sequence) and `start/valid`, from which `train` builds the world model's
-initial state instead of starting from scratch.
+initial state instead of starting from scratch. `train_with_states` also returns the posterior of
+every step of the batch in the stored format, which the loop writes back into replay (DreamerV3
+refreshes replayed latents after every update), so that sequences start from latents of a recent
+model rather than of the one that acted.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -132,8 +136,9 @@ class Agent:
     def replay_state(self, state: State) -> dict[str, np.ndarray]:
         """What the loop stores with a step for replay context: `state/<name>` -> (N, ...) numpy.
 
-        `state` is the one `policy` returned for that step (its `action` the action taken).
-        Complex SSM states are stored as real float32 views: `state/x` (N, K, P, 2).
+        `state` is the one `policy` returned for that step (its `action` the action taken); any
+        leading shape works, e.g. (B, T) for the posteriors of a batch. Values are float32 numpy;
+        complex SSM states are stored as real views: `state/x` (N, K, P, 2).
         """
         out = {}
         for key, value in state.items():
@@ -163,7 +168,37 @@ class Agent:
             state[key] = torch.where(keep, stored.to(default.dtype), default.detach())
         return state
 
+    def _posterior_states(
+        self, post: State, action: torch.Tensor, keys: Iterable[str]
+    ) -> dict[str, np.ndarray]:
+        """The posterior of every step of a batch as `replay_state` stores it: `state/<name>` ->
+        (B, T, ...) float32 numpy, for the state keys `keys` (those of `initial_state`, `action`
+        included).
+
+        The stored state of step i is the latent after observing step i together with the action
+        taken there, and `post[:, t]` is exactly that latent for step t, so it pairs with
+        `action[:, t]` (B, A) (the batch's action, not one the policy would choose now).
+        """
+        B, T = action.shape[:2]
+        state = {"action": action}
+        for key in keys:
+            if key == "action":
+                continue
+            assert key in post, f"Agent.train: the posterior lacks {key!r} (has {sorted(post)})"
+            assert post[key].shape[:2] == (B, T), (
+                f"Agent.train: posterior {key} has shape {tuple(post[key].shape)}, expected ({B}, {T}, ...)"
+            )
+            state[key] = post[key]
+        return self.replay_state(state)
+
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """One world-model update, then one actor-critic update: `train_with_states` without the
+        states (the batch and metrics are as documented there)."""
+        return self.train_with_states(batch)[0]
+
+    def train_with_states(
+        self, batch: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """One world-model update, then one actor-critic update from its posterior.
 
         Args:
@@ -174,12 +209,20 @@ class Agent:
 
         Returns:
             metrics: floats, `wm/...` from the world model and `actor/`, `critic/`, `return/`,
-            `adv/`, `imag/` from the actor-critic.
+                `adv/`, `imag/` from the actor-critic.
+            states: with replay context, the posterior of every step as `replay_state` stores it,
+                `state/<name>` -> (B, T, ...) float32 numpy (`state/action` the batch's action),
+                for `SequenceReplay.update_state(batch["start/stream"], batch["start/index"],
+                states)`; empty without replay context. The latents are those this update
+                trained on, computed by the world model before its gradient step.
         """
         self.world_model.train()
         start = self._start_state(batch) if START_PREFIX + "valid" in batch else None
         data = to_tensors({k: v for k, v in batch.items() if not k.startswith(START_PREFIX)}, self.device)
         post, metrics, _ = self.world_model.update(data, start)
+        # DreamerV3's replay context writes the training posteriors back into replay; without it,
+        # stored latents would stay those of the model that acted (prefill: the untrained one).
+        states = {} if start is None else self._posterior_states(post, data["action"], start.keys())
         starts = flatten_state({k: post[k] for k in self.world_model.state_keys}, 2)  # (B·T, ...)
         start_cont = (~data["is_terminal"]).float().reshape(-1)  # (B·T,)
         count = self.cfg.agent.imag_starts
@@ -191,7 +234,7 @@ class Agent:
             start_cont = start_cont[keep]
         metrics.update(self.actor_critic.update(self.world_model, starts, start_cont))
         self.updates += 1
-        return metrics
+        return metrics, states
 
     # ----- checkpoints -----------------------------------------------------------------------------
 

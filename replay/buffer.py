@@ -47,8 +47,9 @@ class SequenceReplay:
     Stored state (`store_state=True`): add with each step `state/<name>`, the latent after
     observing that step (e.g. `state/x` (N, K, P) complex64). `sample` then returns `start/<name>`,
     the state of the step before each sequence, and `start/valid`; `is_first[:, 0]` is forced only
-    where that step is gone. After training, `update_state(batch["start/stream"],
-    batch["start/index"], {"state/x": ...})` writes fresher states back.
+    where that step is gone. After every update the loop writes the posteriors it trained on back
+    (DreamerV3's replay context) with `update_state(batch["start/stream"], batch["start/index"],
+    states)`, `states` as `Agent.train_with_states` returns them.
 
     Persistence: `save(directory)` / `load(directory)` keep contents, counters and the sampling
     RNG, so a resumed run samples exactly what the uninterrupted one would have (see

@@ -224,6 +224,34 @@ def test_stored_state_starts_from_step_before(tmp_path):
     assert_contents_equal(replay, loaded)
 
 
+def test_update_state_after_adds_skips_evicted_steps_and_is_saved(tmp_path):
+    replay = SequenceReplay(capacity=20, num_streams=2, seed=0, store_state=True, chunk_steps=4)
+    fill(replay, 12, state=True)  # each stream holds [2, 12)
+    replay.save(tmp_path / "a")  # full chunks [4, 8) and [8, 12) are written now
+    fill(replay, 3, state=True)  # [5, 15): the ring wrapped; step 5 sits at the next write row
+    # Stream 0 from step 2 (steps 2-4 evicted since), stream 1 and stream 0 from step 9, which
+    # cross the ring's end and reach the newest step 14.
+    stream, index = np.array([0, 1, 0]), np.array([2, 9, 9])
+    new_z = -np.arange(1, 3 * 6 + 1, dtype=np.float32).reshape(3, 6, 1).repeat(2, -1)  # (B, T', 2)
+    assert replay.update_state(stream, index, {"state/z": new_z}) == 3 + 6 + 6
+
+    expected = {s: np.arange(5, 15, dtype=np.float32) for s in range(2)}
+    for b, (s, first) in enumerate(zip(stream, index)):
+        for t in range(6):
+            if first + t >= 5:
+                expected[s][first + t - 5] = new_z[b, t, 0]
+    for s in range(2):
+        steps = replay.stream_steps(s)
+        np.testing.assert_array_equal(steps["counter"], np.arange(5, 15))  # no step was overwritten
+        np.testing.assert_array_equal(steps["state/z"][:, 0], expected[s])
+        np.testing.assert_array_equal(steps["state/x"].real[:, 0], np.arange(5, 15) * 100 + s)
+
+    replay.save(tmp_path / "a")  # must rewrite the saved chunks these states changed
+    loaded = SequenceReplay(capacity=20, num_streams=2, seed=0, store_state=True, chunk_steps=4)
+    loaded.load(tmp_path / "a")
+    assert_contents_equal(replay, loaded)
+
+
 def test_state_keys_dropped_without_store_state():
     replay = SequenceReplay(capacity=20, num_streams=1, seed=0)
     fill(replay, 5, state=True)
