@@ -77,6 +77,17 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "s3m:output": ("world_model=s3m", "agent.policy_input=output"),
     "s3m:full": ("world_model=s3m", "agent.policy_input=full"),
     "rssm": ("world_model=rssm",),
+    # The S3M before it followed R2I's code (the ablation of docs/results.md): B̃ with fan-in H and
+    # C̃ at unit output scale, a zero reset state, 4 HiPPO-N blocks, and posterior and prior MLPs
+    # as deep as the `cpu` size's encoder (2 layers).
+    "s3m:hidden:legacy": (
+        "world_model=s3m",
+        "agent.policy_input=hidden",
+        "s3m.bc_init=unit",
+        "s3m.learn_initial_state=false",
+        "s3m.blocks=4",
+        "model.latent_layers=2",
+    ),
 }
 DEFAULT_VARIANTS = "s3m:hidden,rssm"
 CURVE_BINS = 40
