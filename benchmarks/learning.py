@@ -8,20 +8,25 @@
 edit it there. The runs of target NAME go to `OUT/NAME/<variant>/seed<k>` (OUT: `--out`, default
 runs/learning) and are launched and skipped when finished by `benchmarks/compare.py`, and read and
 summarised by `benchmarks/runlogs.py`. The page `DOCS/results.md` (DOCS: `--docs`, default docs/)
-has a row per target and variant (result as mean ± 95% CI over seeds, the goal, `met` or
-**missed**, wall time and the exact run command) and links one learning-curve plot per target,
-`DOCS/curves_NAME.png`. Text under a `## Analysis` heading of an existing page is kept when the
-page is rebuilt.
+has a row per target and variant (result as mean ± 95% CI over seeds, the goal, `met`,
+**missed** or `report` where a target has no goal, wall time and the exact run command) and links
+one learning-curve plot per target, `DOCS/curves_NAME.png`; `DOCS/results.json` holds the same rows
+as data (`{"targets": [{"target", "env", "variant", "seeds", "metric", "mean", "ci", "goal",
+"status", ...}]}`). A rebuild keeps the rows of targets it does not rebuild, and of those without
+runs under OUT, from the previous `results.json`, and the text under a `## Analysis` heading of
+the existing page.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +36,11 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare, runlogs  # noqa: E402
 
 ANALYSIS = "## Analysis"
+RESULTS_JSON = "results.json"
+# A row of results.json: target, env, variant, budget, seeds, metric (`return` or `success`),
+# metric_text, mean and ci (the 95% half-width over seeds, null with one seed), goal (null: a
+# `report` row), status (`met`, `missed` or `report`), wall_s, command, and optionally note.
+Row = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,36 +201,71 @@ def metric_text(target: Target) -> str:
     return "return: final eval (or last 10% of episodes)"
 
 
-def goal_text(target: Target) -> str:
-    return "—" if target.goal is None else f"≥ {target.goal:g}"
+def goal_text(goal: float | None) -> str:
+    return "—" if goal is None else f"≥ {goal:g}"
 
 
-def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, all_seeds: bool) -> list[str]:
-    """The table rows of one target (a row per variant) after drawing its learning curves.
+def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, all_seeds: bool) -> list[Row]:
+    """The rows of one target (one per variant) from its runs under `out`, after drawing its
+    learning curves; empty when none of its variants has a run.
 
     all_seeds: read every seed folder found, not only the target's seeds.
     """
     runs = runlogs.read_runs(out / name, target.variants, None if all_seeds else target.seeds)
-    if runs:
-        compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
+    if not runs:
+        return []
+    compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
     specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
     rows = []
     for variant in target.variants:
         logs = runs.get(variant, [])
-        command = runlogs.run_command(logs) or runlogs.display_command(specs[variant].args)
-        budget = max((log.budget or 0 for log in logs), default=0) or target.steps
+        row: Row = {
+            "target": name,
+            "env": target.env,
+            "variant": variant,
+            "budget": max((log.budget or 0 for log in logs), default=0) or target.steps,
+            "seeds": [int(log.logdir.name.removeprefix("seed")) for log in logs],
+            "metric": target.metric,
+            "metric_text": metric_text(target),
+            "mean": None,
+            "ci": None,
+            "goal": target.goal,
+            "status": "missed",
+            "wall_s": None,
+            "command": runlogs.run_command(logs) or runlogs.display_command(specs[variant].args),
+        }
         if logs:
             summary = runlogs.summarize(variant, logs, target.metric, target.last_episodes)
-            mean, half = summary.final
-            result, wall = compare.fmt(mean, half), compare.fmt_seconds(summary.wall_s)
-            status = "report" if target.goal is None else "met" if mean >= target.goal else "**missed**"
-            seeds = ", ".join(log.logdir.name.removeprefix("seed") for log in logs)
+            row["mean"], row["ci"] = summary.final
+            row["wall_s"] = summary.wall_s
+            met = row["mean"] >= target.goal if target.goal is not None else None
+            row["status"] = "report" if met is None else "met" if met else "missed"
         else:
-            result, wall, status, seeds = "n/a", "n/a", "**missed** (not run)", "none"
-        rows.append(
-            f"| {name} | {target.env} | {variant} | {budget:,} | {seeds} | {metric_text(target)} | "
-            f"{result} | {goal_text(target)} | {status} | {wall} | `{command}` |"
-        )
+            row["note"] = "not run"
+        rows.append(row)
+    return rows
+
+
+def markdown_row(row: Row) -> str:
+    """One line of the results table from a row of `results.json`."""
+    status = "**missed**" if row["status"] == "missed" else row["status"]
+    if row.get("note"):
+        status += f" ({row['note']})"
+    seeds = ", ".join(str(seed) for seed in row["seeds"]) or "none"
+    return (
+        f"| {row['target']} | {row['env']} | {row['variant']} | {row['budget']:,} | {seeds} | "
+        f"{row['metric_text']} | {compare.fmt(row['mean'], row['ci'])} | {goal_text(row['goal'])} | "
+        f"{status} | {compare.fmt_seconds(row['wall_s'])} | `{row['command']}` |"
+    )
+
+
+def previous_rows(docs: Path) -> dict[str, list[Row]]:
+    """Target -> its rows in the existing `results.json` (empty without one)."""
+    path = docs / RESULTS_JSON
+    rows: dict[str, list[Row]] = {}
+    if path.is_file():
+        for row in json.loads(path.read_text())["targets"]:
+            rows.setdefault(row["target"], []).append(row)
     return rows
 
 
@@ -242,32 +287,71 @@ def write_page(
     threads: int = 1,
     all_seeds: bool = False,
 ) -> Path:
-    """Write `docs/results.md` and the curve plots from the runs under `out`; returns the page."""
+    """Write `docs/results.md`, `docs/results.json` and the curve plots; returns the page.
+
+    The targets in `names` get rows from their runs under `out`. Every other target, and a target
+    of `names` without any run there, keeps its rows of the previous `results.json` (runs made
+    elsewhere or earlier are not lost by a rebuild); a target of `names` with neither is listed as
+    not run.
+    """
     docs.mkdir(parents=True, exist_ok=True)
     page = docs / "results.md"
-    rows = [row for name in names for row in target_rows(name, targets[name], out, docs, threads, all_seeds)]
+    previous = previous_rows(docs)
+    rows: list[Row] = []
+    for name in [*TARGETS, *(name for name in previous if name not in TARGETS)]:
+        fresh = target_rows(name, targets[name], out, docs, threads, all_seeds) if name in names else []
+        if not fresh and name in names and name not in previous:
+            fresh = not_run_rows(name, targets[name], out, threads)
+        rows += fresh or previous.get(name, [])
+    (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
         "# Learning results",
         "",
         "The learning targets of `benchmarks/learning.py`, each run with every seed listed; runs "
         f"read from `{compare.short_path(out)}` (OUT), page rebuilt {time.strftime('%Y-%m-%d %H:%M')}. "
-        "A target is met when the mean over seeds reaches it. Commands: S is each seed; every run "
-        "also gets `--logdir OUT/<target>/<variant>/seed<S>`.",
+        "A target is met when the mean over seeds reaches it; `report` rows have no goal. A note "
+        "beside the status says where a row's runs differ from the committed code. Commands: S is "
+        "each seed; every run also gets `--logdir OUT/<target>/<variant>/seed<S>`. The same rows, "
+        f"as data: [{RESULTS_JSON}]({RESULTS_JSON}).",
         "",
         "| target | env | variant | budget (env steps) | seeds | metric | result | target | status "
         "| wall time / run | command |",
         "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | --- |",
-        *rows,
+        *map(markdown_row, rows),
         "",
         runlogs.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
         "same launch in parallel beside it.",
         "",
     ]
-    for name in names:
+    for name in dict.fromkeys(row["target"] for row in rows):
         if (docs / f"curves_{name}.png").is_file():
             text += [f"## {name}", "", f"![{name}](curves_{name}.png)", ""]
     page.write_text("\n".join(text) + "\n" + kept_analysis(page))
     return page
+
+
+def not_run_rows(name: str, target: Target, out: Path, threads: int) -> list[Row]:
+    """Rows saying a target's variants have not run yet, with the commands that run them."""
+    specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
+    return [
+        {
+            "target": name,
+            "env": target.env,
+            "variant": variant,
+            "budget": target.steps,
+            "seeds": [],
+            "metric": target.metric,
+            "metric_text": metric_text(target),
+            "mean": None,
+            "ci": None,
+            "goal": target.goal,
+            "status": "missed",
+            "wall_s": None,
+            "command": runlogs.display_command(specs[variant].args),
+            "note": "not run",
+        }
+        for variant in target.variants
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -137,11 +137,43 @@ def test_learning_redraw_writes_page(tmp_path: Path):
         assert (docs / f"curves_{name}.png").read_bytes().startswith(PNG_SIGNATURE)
     assert not (docs / "curves_popgym_repeat_previous_easy.png").exists()
 
-    # Hand-written analysis survives a rebuild.
+    # The same numbers as data, one row per target and variant.
+    data = json.loads((docs / "results.json").read_text())["targets"]
+    row = next(r for r in data if (r["target"], r["variant"]) == ("bsuite_memory_len_30", "rssm"))
+    assert (row["mean"], row["ci"], row["goal"], row["status"], row["seeds"]) == (
+        0.5,
+        0.0,
+        0.95,
+        "missed",
+        [0, 1],
+    )
+    row = next(r for r in data if r["target"] == "popgym_concentration_easy")
+    assert (row["goal"], row["status"], row["note"]) == (None, "missed", "not run")
+    assert [learning.markdown_row(r) for r in data] == [line for line in lines if line.startswith("| ")][2:]
+
+    # Hand-written analysis survives a rebuild, and so do the rows of targets not rebuilt, or
+    # rebuilt without runs (their runs were made elsewhere): they come from results.json.
     (docs / "results.md").write_text(page.replace("Not written yet.", "Memory holds at 30 steps."))
-    learning.main(["--redraw", "--out", str(out), "--docs", str(docs), "--targets", "cartpole"])
-    page = (docs / "results.md").read_text()
-    assert "Memory holds at 30 steps." in page and "| bsuite" not in page
+    elsewhere = tmp_path / "elsewhere"
+    learning.main(
+        [
+            "--redraw",
+            "--out",
+            str(elsewhere),
+            "--docs",
+            str(docs),
+            "--targets",
+            "cartpole,bsuite_memory_len_30",
+        ]
+    )
+    again = (docs / "results.md").read_text()
+    assert "Memory holds at 30 steps." in again
+    assert [line for line in again.splitlines() if line.startswith("| b")] == [
+        line for line in lines if line.startswith("| b")
+    ]
+    assert "480.5 ± 6.4 | ≥ 450 | met |" in again
+    goals = {r["target"]: r["goal"] for r in json.loads((docs / "results.json").read_text())["targets"]}
+    assert goals["popgym_concentration_easy"] is None and "| popgym_concentration_easy |" in again
 
 
 def files_and_times(folder: Path) -> dict[Path, int]:
