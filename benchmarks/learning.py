@@ -215,6 +215,13 @@ def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, 
     if not runs:
         return []
     compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
+    return variant_rows(name, target, runs, out, threads)
+
+
+def variant_rows(
+    name: str, target: Target, runs: dict[str, list[runlogs.RunLog]], out: Path, threads: int
+) -> list[Row]:
+    """One row per variant of `target` from its `runs` (a variant without runs: `not run`)."""
     specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
     rows = []
     for variant in target.variants:
@@ -301,7 +308,7 @@ def write_page(
     for name in [*TARGETS, *(name for name in previous if name not in TARGETS)]:
         fresh = target_rows(name, targets[name], out, docs, threads, all_seeds) if name in names else []
         if not fresh and name in names and name not in previous:
-            fresh = not_run_rows(name, targets[name], out, threads)
+            fresh = variant_rows(name, targets[name], {}, out, threads)
         rows += fresh or previous.get(name, [])
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
@@ -328,30 +335,6 @@ def write_page(
             text += [f"## {name}", "", f"![{name}](curves_{name}.png)", ""]
     page.write_text("\n".join(text) + "\n" + kept_analysis(page))
     return page
-
-
-def not_run_rows(name: str, target: Target, out: Path, threads: int) -> list[Row]:
-    """Rows saying a target's variants have not run yet, with the commands that run them."""
-    specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
-    return [
-        {
-            "target": name,
-            "env": target.env,
-            "variant": variant,
-            "budget": target.steps,
-            "seeds": [],
-            "metric": target.metric,
-            "metric_text": metric_text(target),
-            "mean": None,
-            "ci": None,
-            "goal": target.goal,
-            "status": "missed",
-            "wall_s": None,
-            "command": runlogs.display_command(specs[variant].args),
-            "note": "not run",
-        }
-        for variant in target.variants
-    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
