@@ -28,7 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from configs.schema import CHOICES, Config
+from configs.schema import CHOICES, Config, ModelConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULTS_ALIAS = "defaults"  # a preset name that loads nothing: the schema defaults are the defaults
@@ -412,17 +412,42 @@ def load_config(presets: Sequence[str] | str = (), overrides: Sequence[str] = ()
     return _finish(_apply_overrides(cfg, overrides))
 
 
+# Fields added after runs were saved: for a saved config without one, the value that builds the
+# model the run trained (then, h_t was as wide as the SSM, the vector encoder as wide as the
+# heads, the posterior and prior as deep as the encoder, and B̃, C̃ drawn at unit scale).
+_SAVED_BEFORE: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "s3m.width": lambda saved: saved.get("model", {}).get("hidden", ModelConfig.hidden),
+    "model.mlp_units": lambda saved: saved.get("model", {}).get("units", ModelConfig.units),
+    "model.latent_layers": lambda saved: saved.get("model", {}).get("mlp_layers", ModelConfig.mlp_layers),
+    "s3m.bc_init": lambda saved: "unit",
+}
+
+
+def _fill_saved_before(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with the fields of `_SAVED_BEFORE` it lacks set to their earlier behaviour."""
+    filled = {
+        section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()
+    }
+    for key, value in _SAVED_BEFORE.items():
+        section, name = key.split(".")
+        if isinstance(filled.get(section, {}), dict) and name not in filled.get(section, {}):
+            filled.setdefault(section, {})[name] = value(saved)
+    return filled
+
+
 def load_config_file(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read a config written by `save_config` (for resuming or evaluating a run), then `overrides`.
 
     Keys missing from the file take the schema defaults, so a run saved before a field was added
-    still loads; an unknown key is an error, as in a preset.
+    still loads, except the fields of `_SAVED_BEFORE`, which keep the model such a run trained;
+    an unknown key is an error, as in a preset.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found")
     cfg: DictConfig = OmegaConf.structured(Config)
-    cfg = _merge(cfg, _read_yaml(path, f"config file '{path}'"), f"in config file '{path}'")
+    saved = _fill_saved_before(_read_yaml(path, f"config file '{path}'"))
+    cfg = _merge(cfg, saved, f"in config file '{path}'")
     return _finish(_apply_overrides(cfg, overrides))
 
 

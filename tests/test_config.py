@@ -350,6 +350,30 @@ def test_save_and_load_round_trip(tmp_path, presets):
     assert load_config_file(path, ["seed=3"]).seed == 3
 
 
+def test_run_saved_before_the_r2i_fields_keeps_its_model(tmp_path):
+    """A config saved before `s3m.width`, `model.mlp_units`, `model.latent_layers` and
+    `s3m.bc_init` existed resumes the model it trained, not one built from the new defaults."""
+    cfg = load_config(["popgym_cpu"])
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    saved = yaml.safe_load(path.read_text())
+    for section, name in (
+        ("s3m", "width"),
+        ("model", "mlp_units"),
+        ("model", "latent_layers"),
+        ("s3m", "bc_init"),
+    ):
+        del saved[section][name]
+    path.write_text(yaml.safe_dump(saved))
+    old = load_config_file(path)
+    assert old.s3m.width == cfg.model.hidden and old.model.mlp_units == cfg.model.units
+    assert old.model.latent_layers == cfg.model.mlp_layers == 2 and old.s3m.bc_init == "unit"
+    # Overrides still win, and a current config keeps what it says.
+    assert load_config_file(path, ["s3m.bc_init=r2i"]).s3m.bc_init == "r2i"
+    save_config(cfg, path)
+    assert load_config_file(path) == cfg
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.yaml")
