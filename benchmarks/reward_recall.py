@@ -73,6 +73,30 @@ def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
     return replay
 
 
+def held_out(env_id: str, seed: int, replay_cfg) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Held-out sequences long enough to hold whole episodes, and the mask (B, T) of their rewarded
+    steps whose episode starts inside the sequence (their cue is in it)."""
+    test = to_tensors(
+        collect(env_id, TEST_STEPS, seed, replay_cfg).sample(TEST_SEQUENCES, TEST_LENGTH), "cpu"
+    )
+    rewarded = (test["reward"] != 0) & (test["is_first"].cumsum(1) > 0)
+    signs = test["reward"][rewarded] > 0
+    if signs.all() or not signs.any():  # an empty set too
+        # The balanced accuracy averages the accuracies on both signs; one missing leaves it undefined.
+        found = "no" if signs.numel() == 0 else ("only positive" if signs.all() else "only negative")
+        raise SystemExit(f"error: {env_id}: held-out episodes have {found} rewards; scoring needs both signs")
+    return test, rewarded
+
+
+def balanced_accuracy(predicted: torch.Tensor, reward: torch.Tensor) -> float:
+    """Sign accuracy of `predicted` (n,) rewards against `reward` (n,), balanced: the mean of the
+    accuracies on positive and on negative rewards, so that always guessing the commoner sign
+    scores 0.5 (POPGym pays -1 three times in four)."""
+    positive = reward > 0
+    right = (predicted > 0) == positive
+    return 0.5 * (right[positive].float().mean() + right[~positive].float().mean()).item()
+
+
 def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dict[str, float | int | None]:
     overrides = [
         f"env.name={env_id}",
@@ -84,16 +108,7 @@ def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dic
     cfg = load_config(args.preset.split(","), overrides)
     torch.manual_seed(args.seed)
     train = collect(env_id, TRAIN_STEPS, args.seed, cfg.replay)
-    test = to_tensors(
-        collect(env_id, TEST_STEPS, args.seed + 1, cfg.replay).sample(TEST_SEQUENCES, TEST_LENGTH), "cpu"
-    )
-    # (B, T) rewarded steps of episodes that start inside the held-out sequence: their cue is in it
-    rewarded = (test["reward"] != 0) & (test["is_first"].cumsum(1) > 0)
-    signs = test["reward"][rewarded] > 0
-    if signs.all() or not signs.any():  # an empty set too
-        # The balanced accuracy averages the accuracies on both signs; one missing leaves it undefined.
-        found = "no" if signs.numel() == 0 else ("only positive" if signs.all() else "only negative")
-        raise SystemExit(f"error: {env_id}: held-out episodes have {found} rewards; scoring needs both signs")
+    test, rewarded = held_out(env_id, args.seed + 1, cfg.replay)
     with envs.VectorEnv(env_id, 1, args.seed) as env:
         model = build_world_model(cfg, env.obs_space, env.action_dim)
     B, T = cfg.train.batch_size, cfg.train.seq_len
@@ -104,11 +119,7 @@ def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dic
             with torch.no_grad():
                 post, _, metrics, _ = model.observe(test)
                 predicted = model.reward(post)[rewarded]
-            # Balanced: the mean of the accuracies on positive and on negative rewards, so that
-            # always guessing the commoner sign scores 0.5 (POPGym pays -1 three times in four).
-            positive = test["reward"][rewarded] > 0
-            right = (predicted > 0) == positive
-            accuracy = 0.5 * (right[positive].float().mean() + right[~positive].float().mean()).item()
+            accuracy = balanced_accuracy(predicted, test["reward"][rewarded])
             entropy = metrics["wm/post_entropy"]
             if learned_at is None and accuracy >= GOAL:
                 learned_at = update
