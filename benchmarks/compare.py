@@ -182,19 +182,25 @@ def is_done(spec: RunSpec) -> bool:
 def launch(spec: RunSpec, threads: int) -> int:
     """Run `spec` to the end with its output in its run.log; returns the exit status.
 
-    A run stopped after a checkpoint (Ctrl-C, a crash), or finished on a smaller `--steps` budget,
-    continues from its checkpoint with `--resume` to `spec`'s budget; its wall time adds up over
-    the sessions. Any other unfinished run starts over, since run_agent.py refuses a folder that
-    holds a run.
+    A run stopped after a checkpoint (Ctrl-C, a crash, or killed outright, e.g. with the session it
+    ran in), or finished on a smaller `--steps` budget, continues from its checkpoint with
+    `--resume` to `spec`'s budget; its wall time adds up over the sessions (for a killed part, up
+    to its last checkpoint). Any other unfinished run starts over, since run_agent.py refuses a
+    folder that holds a run.
     """
     earlier_run = read_marker(spec.logdir, PARTIAL) or read_marker(spec.logdir)
     earlier = 0.0
-    if earlier_run is not None and (spec.logdir / "checkpoint").is_dir():
+    checkpoint = spec.logdir / "checkpoint"
+    if earlier_run is not None and checkpoint.is_dir():
         steps = steps_arg(spec.args)
         command = [sys.executable, str(RUN_AGENT), "--resume", str(spec.logdir)]
         command += ["--steps", str(steps)] if steps is not None else []
         earlier = float(earlier_run.get("wall_s", 0.0))
-        print(f"resuming {spec.variant} seed {spec.seed} from {spec.logdir / 'checkpoint'}", flush=True)
+        if "started" in earlier_run and "ended" not in earlier_run:
+            # Killed before it could say how long it ran: count the part up to its last checkpoint,
+            # which is where it continues from.
+            earlier += max(0.0, checkpoint.stat().st_mtime - float(earlier_run["started"]))
+        print(f"resuming {spec.variant} seed {spec.seed} from {checkpoint}", flush=True)
     else:
         if spec.logdir.exists():
             print(f"restarting the unfinished run in {spec.logdir}", flush=True)
@@ -206,6 +212,10 @@ def launch(spec: RunSpec, threads: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["TQDM_MININTERVAL"] = "30"
     start = time.time()
+    # Marked unfinished from the start: a run killed outright (no exit status to record) is then
+    # resumed from its checkpoint by the next launch instead of started over.
+    started = {"args": spec.args, "wall_s": earlier, "started": start}
+    (spec.logdir / PARTIAL).write_text(json.dumps(started, indent=1) + "\n")
     with open(spec.logdir / RUN_LOG, "a") as log:
         log.write(shlex.join(command) + "\n")
         log.flush()

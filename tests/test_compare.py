@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -223,6 +225,48 @@ def test_tiny_comparison_then_redraw(tmp_path: Path, capsys: pytest.CaptureFixtu
     log = (run / compare.RUN_LOG).read_text()
     assert "--resume" in log and re.search(r"env steps:\s+300 \(150 in this session\)", log), log
     assert files_and_times(out / "rssm" / "seed1") == other_seed
+
+
+def test_run_killed_outright_resumes_from_its_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    """A run killed with no chance to record its end (e.g. with the session it ran in) keeps the
+    marker written at its launch, so the next launch resumes it instead of starting over."""
+    out = tmp_path / "cmp"
+    argv = ["--preset", "debug", "--env", "popgym:RepeatPreviousEasy", "--steps", "100"]
+    argv += ["--variants", "rssm", "--seeds", "0", "--out", str(out)]
+    run = out / "rssm" / "seed0"
+    markers_at_start = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        markers_at_start.append(runlogs.read_marker(run, runlogs.PARTIAL))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(compare.subprocess, "run", spy)
+    assert compare.main(argv) == 0, capsys.readouterr()
+    assert markers_at_start[0]["args"] == json.loads((run / runlogs.MARKER).read_text())["args"]
+    assert "started" in markers_at_start[0] and "ended" not in markers_at_start[0]
+    # What a run of 150 steps killed after its checkpoint at 100 leaves: the marker its launch
+    # wrote (no end, no exit status) and that checkpoint.
+    argv[5] = "150"
+    spec_args = [*json.loads((run / runlogs.MARKER).read_text())["args"]]
+    spec_args[spec_args.index("--steps") + 1] = "150"
+    (run / runlogs.MARKER).unlink()
+    started = time.time() - 1000
+    launch_marker = {"args": spec_args, "wall_s": 7.0, "started": started}
+    (run / runlogs.PARTIAL).write_text(json.dumps(launch_marker))
+    os.utime(run / "checkpoint", (started + 60, started + 60))
+    assert runlogs.read_run(run) is None  # unfinished runs stay off the pages
+    capsys.readouterr()
+    assert compare.main(argv) == 0
+    assert "resuming rssm seed 0" in capsys.readouterr().out
+    resumed = json.loads((run / runlogs.MARKER).read_text())
+    assert resumed["args"] == spec_args and resumed["wall_s"] >= 67.0
+    log = (run / compare.RUN_LOG).read_text()
+    assert re.search(r"env steps:\s+150 \(50 in this session\)", log), log
+    assert not (run / runlogs.PARTIAL).exists()
+    assert (run / compare.RUN_LOG).read_text().count("--resume") == 1
 
 
 def test_failed_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
