@@ -103,8 +103,9 @@ class S5Layer(nn.Module):
         V = torch.tensor(V, dtype=torch.complex128)
         # B̃ = V^-1 B and C̃ = C V (S5), with V unitary so V^-1 = V^H.
         if bc_init == "r2i":
-            # JAX's lecun_normal takes the second-to-last axis as fan-in: P for B (P, H), and
-            # P·H for C (H, P, 2), whose last axis (real, imaginary) counts as a receptive field.
+            # JAX's lecun_normal: fan-in = the second-to-last axis times every axis but the last
+            # two, so P for B (P, H), and P·H for C (H, P, 2), whose H axis counts as a receptive
+            # field (the last axis, real and imaginary part, is the out-axis).
             B = lecun_normal_(torch.empty(P, H, dtype=torch.float64), fan_in=P)
             C = lecun_normal_(torch.empty(H, P, 2, dtype=torch.float64), fan_in=P * H)
             C = torch.view_as_complex(C)
