@@ -37,9 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs  # noqa: E402
-from agent.agent import build_world_model  # noqa: E402
-from benchmarks.reward_recall import GOAL, TRAIN_STEPS, balanced_accuracy, collect, held_out, sweep_id  # noqa: E402
+from benchmarks.reward_recall import GOAL, balanced_accuracy, offline_setup, sweep_id  # noqa: E402
 from configs import load_config  # noqa: E402
 from world_model.base import to_tensors  # noqa: E402
 from world_model.distributions import TwoHot, symexp  # noqa: E402
@@ -84,11 +82,7 @@ def main() -> None:
         "model.reward_head=symlog_mse",
     ]
     cfg = load_config(args.preset.split(","), overrides)
-    torch.manual_seed(args.seed)
-    train = collect(env_id, TRAIN_STEPS, args.seed, cfg.replay)
-    test, rewarded = held_out(env_id, args.seed + 1, cfg.replay)
-    with envs.VectorEnv(env_id, 1, args.seed) as env:
-        model = build_world_model(cfg, env.obs_space, env.action_dim)
+    train, test, rewarded, model = offline_setup(env_id, cfg, args.seed)
     B, T = cfg.train.batch_size, cfg.train.seq_len
     for _ in range(args.world_updates):
         model.update(to_tensors(train.sample(B, T), "cpu"))

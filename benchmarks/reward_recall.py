@@ -97,6 +97,20 @@ def balanced_accuracy(predicted: torch.Tensor, reward: torch.Tensor) -> float:
     return 0.5 * (right[positive].float().mean() + right[~positive].float().mean()).item()
 
 
+def offline_setup(env_id: str, cfg, seed: int):
+    """Seeded from `seed`: random-action training replay, held-out sequences with their rewarded
+    mask (`held_out`), and a fresh world model of `cfg` for `env_id` (reward_head_probe.py too).
+
+    Returns: (train replay, test batch (B, T), rewarded (B, T) bool, world model).
+    """
+    torch.manual_seed(seed)
+    train = collect(env_id, TRAIN_STEPS, seed, cfg.replay)
+    test, rewarded = held_out(env_id, seed + 1, cfg.replay)
+    with envs.VectorEnv(env_id, 1, seed) as env:
+        model = build_world_model(cfg, env.obs_space, env.action_dim)
+    return train, test, rewarded, model
+
+
 def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dict[str, float | int | None]:
     overrides = [
         f"env.name={env_id}",
@@ -106,11 +120,7 @@ def run(args: argparse.Namespace, env_id: str, groups: int, classes: int) -> dic
         *args.overrides,
     ]
     cfg = load_config(args.preset.split(","), overrides)
-    torch.manual_seed(args.seed)
-    train = collect(env_id, TRAIN_STEPS, args.seed, cfg.replay)
-    test, rewarded = held_out(env_id, args.seed + 1, cfg.replay)
-    with envs.VectorEnv(env_id, 1, args.seed) as env:
-        model = build_world_model(cfg, env.obs_space, env.action_dim)
+    train, test, rewarded, model = offline_setup(env_id, cfg, args.seed)
     B, T = cfg.train.batch_size, cfg.train.seq_len
     learned_at, accuracy, entropy, start = None, 0.0, 0.0, time.time()
     for update in range(1, args.updates + 1):
