@@ -12,16 +12,21 @@ has a row per target and variant (result as mean ± 95% CI over seeds, the goal,
 **missed** or `report` where a target has no goal, wall time and the exact run command) and links
 one learning-curve plot per target, `DOCS/curves_NAME.png`; `DOCS/results.json` holds the same rows
 as data (`{"targets": [{"target", "env", "variant", "seeds", "metric", "mean", "ci", "goal",
-"status", ...}]}`). A rebuild keeps the rows of targets it does not rebuild, and of those without
-runs under OUT, from the previous `results.json`, and the text under a `## Analysis` heading of
-the existing page.
+"status", "per_seed", ...}]}`). Every finished run's logs are archived under `DOCS/runs/NAME/
+<variant>/seed<k>` (config and marker, metrics and episodes gzipped) and the rows are read from
+there, so a page outlives the machine its runs ran on. A rebuild keeps the rows of targets it does
+not rebuild, and of those without runs, from the previous `results.json`; a seed whose logs are
+gone keeps its recorded score (noted on the row); and the text under a `## Analysis` heading of
+the existing page stays.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +42,9 @@ from benchmarks import compare, runlogs  # noqa: E402
 
 ANALYSIS = "## Analysis"
 RESULTS_JSON = "results.json"
+ARCHIVE = "runs"  # DOCS/runs/<target>/<variant>/seed<k>: the logs of the page's finished runs
+ARCHIVED = ("config.yaml", runlogs.MARKER)  # copied into the archive as they are
+PACKED = ("metrics.jsonl", "episodes.jsonl")  # gzipped into it
 # A row of results.json: target, env, variant, budget, seeds, metric (`return` or `success`),
 # metric_text, mean and ci (the 95% half-width over seeds, null with one seed), goal (null: a
 # `report` row), status (`met`, `missed` or `report`), wall_s, command, and optionally note.
@@ -205,33 +213,94 @@ def goal_text(goal: float | None) -> str:
     return "—" if goal is None else f"≥ {goal:g}"
 
 
-def target_rows(name: str, target: Target, out: Path, docs: Path, threads: int, all_seeds: bool) -> list[Row]:
-    """The rows of one target (one per variant) from its runs under `out`, after drawing its
-    learning curves; empty when none of its variants has a run.
+def archive_runs(out: Path, archive: Path, variants: Sequence[str]) -> None:
+    """Copy the logs of every finished run under `out/<variant>/seed<k>` to the same place under
+    `archive`: its config and marker as they are, its metrics and episodes gzipped. The archive
+    sits beside the page, so the page's runs outlive the machine that ran them.
+    """
+    if out.resolve() == archive.resolve():
+        return
+    for variant in variants:
+        for logdir in (out / runlogs.variant_dir(variant)).glob("seed*"):
+            if runlogs.read_marker(logdir) is None:
+                continue  # not finished: nothing to keep yet
+            dest = archive / runlogs.variant_dir(variant) / logdir.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ARCHIVED:
+                if (logdir / name).is_file():
+                    shutil.copyfile(logdir / name, dest / name)
+            for name in PACKED:
+                if (logdir / name).is_file():
+                    # mtime=0: the same logs give the same bytes, so a rebuild changes no file.
+                    (dest / f"{name}.gz").write_bytes(gzip.compress((logdir / name).read_bytes(), mtime=0))
+
+
+def target_rows(
+    name: str,
+    target: Target,
+    out: Path,
+    docs: Path,
+    threads: int,
+    all_seeds: bool,
+    previous: Sequence[Row] = (),
+) -> list[Row]:
+    """The rows of one target (one per variant) from its finished runs under `out` and those
+    archived under `DOCS/runs/NAME`, and from the per-seed scores of `previous` rows whose runs'
+    logs are gone; empty when no variant has any. Its learning curves are redrawn when every
+    seed on the rows has its logs (otherwise the earlier plot stays).
 
     all_seeds: read every seed folder found, not only the target's seeds.
     """
-    runs = runlogs.read_runs(out / name, target.variants, None if all_seeds else target.seeds)
-    if not runs:
+    archive = docs / ARCHIVE / name
+    archive_runs(out / name, archive, target.variants)
+    runs = runlogs.read_runs(archive, target.variants, None if all_seeds else target.seeds)
+    rows = variant_rows(name, target, runs, out, threads, previous, all_seeds)
+    if not any(row["seeds"] for row in rows):
         return []
-    compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
-    return variant_rows(name, target, runs, out, threads)
+    if runs and all(record["logs"] for row in rows for record in row["per_seed"].values()):
+        compare.plot_curves(runs, docs / f"curves_{name}.png", f"{name}: {runlogs.describe(runs)}")
+    return rows
 
 
 def variant_rows(
-    name: str, target: Target, runs: dict[str, list[runlogs.RunLog]], out: Path, threads: int
+    name: str,
+    target: Target,
+    runs: dict[str, list[runlogs.RunLog]],
+    out: Path,
+    threads: int,
+    previous: Sequence[Row] = (),
+    all_seeds: bool = False,
 ) -> list[Row]:
-    """One row per variant of `target` from its `runs` (a variant without runs: `not run`)."""
+    """One row per variant of `target` from its `runs`, and from the per-seed scores of the
+    `previous` row of the same variant and command for seeds without a run (a variant with
+    neither: `not run`).
+    """
     specs = {spec.variant: spec for spec in plan(name, target, out, threads)}
+    earlier = {row["variant"]: row for row in previous}
     rows = []
     for variant in target.variants:
         logs = runs.get(variant, [])
+        command = runlogs.run_command(logs) or runlogs.display_command(specs[variant].args)
+        per_seed: dict[int, dict[str, Any]] = {}
+        for log in logs:
+            final, _, _ = runlogs.run_scores(log, target.metric, target.last_episodes)
+            per_seed[int(log.logdir.name.removeprefix("seed"))] = {
+                "final": final,
+                "wall_s": log.wall_s,
+                "logs": True,
+            }
+        row_before = earlier.get(variant, {})
+        if row_before.get("command") == command:
+            for seed, record in row_before.get("per_seed", {}).items():
+                if int(seed) not in per_seed and (all_seeds or int(seed) in target.seeds):
+                    per_seed[int(seed)] = {**record, "logs": False}
+        per_seed = dict(sorted(per_seed.items()))
         row: Row = {
             "target": name,
             "env": target.env,
             "variant": variant,
             "budget": max((log.budget or 0 for log in logs), default=0) or target.steps,
-            "seeds": [int(log.logdir.name.removeprefix("seed")) for log in logs],
+            "seeds": list(per_seed),
             "metric": target.metric,
             "metric_text": metric_text(target),
             "mean": None,
@@ -239,14 +308,19 @@ def variant_rows(
             "goal": target.goal,
             "status": "missed",
             "wall_s": None,
-            "command": runlogs.run_command(logs) or runlogs.display_command(specs[variant].args),
+            "command": command,
+            "per_seed": per_seed,
         }
-        if logs:
-            summary = runlogs.summarize(variant, logs, target.metric, target.last_episodes)
-            row["mean"], row["ci"] = summary.final
-            row["wall_s"] = summary.wall_s
+        if per_seed:
+            row["mean"], row["ci"] = runlogs.mean_ci([record["final"] for record in per_seed.values()])
+            walls = [record["wall_s"] for record in per_seed.values() if record["wall_s"] is not None]
+            row["wall_s"] = sum(walls) / len(walls) if walls else None
             met = row["mean"] >= target.goal if target.goal is not None else None
             row["status"] = "report" if met is None else "met" if met else "missed"
+            lost = [str(seed) for seed, record in per_seed.items() if not record["logs"]]
+            if lost:
+                seeds = f"seed{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
+                row["note"] = f"{seeds}: score as recorded, logs lost"
         else:
             row["note"] = "not run"
         rows.append(row)
@@ -296,8 +370,9 @@ def write_page(
 ) -> Path:
     """Write `docs/results.md`, `docs/results.json` and the curve plots; returns the page.
 
-    The targets in `names` get rows from their runs under `out`. Every other target, and a target
-    of `names` without any run there, keeps its rows of the previous `results.json` (runs made
+    The targets in `names` get rows from their finished runs under `out` (archived into
+    `docs/runs` first) and from the runs archived there before. Every other target, and a target
+    of `names` without any run, keeps its rows of the previous `results.json` (runs made
     elsewhere or earlier are not lost by a rebuild); a target of `names` with neither is listed as
     not run.
     """
@@ -306,16 +381,20 @@ def write_page(
     previous = previous_rows(docs)
     rows: list[Row] = []
     for name in [*TARGETS, *(name for name in previous if name not in TARGETS)]:
-        fresh = target_rows(name, targets[name], out, docs, threads, all_seeds) if name in names else []
+        before = previous.get(name, [])
+        fresh = []
+        if name in names:
+            fresh = target_rows(name, targets[name], out, docs, threads, all_seeds, before)
         if not fresh and name in names and name not in previous:
             fresh = variant_rows(name, targets[name], {}, out, threads)
-        rows += fresh or previous.get(name, [])
+        rows += fresh or before
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
         "# Learning results",
         "",
         "The learning targets of `benchmarks/learning.py`, each run with every seed listed; runs "
-        f"read from `{compare.short_path(out)}` (OUT), page rebuilt {time.strftime('%Y-%m-%d %H:%M')}. "
+        f"read from `{compare.short_path(out)}` (OUT) and their logs kept in [{ARCHIVE}/]({ARCHIVE}/), "
+        f"page rebuilt {time.strftime('%Y-%m-%d %H:%M')}. "
         "A target is met when the mean over seeds reaches it; `report` rows have no goal. A note "
         "beside the status says where a row's runs differ from the committed code. Commands: S is "
         "each seed; every run also gets `--logdir OUT/<target>/<variant>/seed<S>`. The same rows, "

@@ -11,6 +11,7 @@ steps, and a comparison's title and run commands.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import shlex
@@ -95,10 +96,14 @@ def read_marker(logdir: Path, name: str = MARKER) -> dict[str, Any] | None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file; a torn last line (a run still writing) is skipped."""
+    """The JSON objects of a .jsonl file, or of its gzipped copy `<path>.gz` where only that exists
+    (an archived run); a torn last line (a run still writing) is skipped.
+    """
     records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    packed = path.with_name(path.name + ".gz")
+    if path.is_file() or packed.is_file():
+        text = path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode()
+        for line in text.splitlines():
             try:
                 records.append(json.loads(line))
             except ValueError:

@@ -275,3 +275,47 @@ def test_failed_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[st
     log = tmp_path / "rssm" / "seed0" / compare.RUN_LOG
     assert f"FAILED  rssm seed 0 (exit 2): see {log}" in capsys.readouterr().out
     assert "error:" in log.read_text()
+
+
+def test_learning_archives_runs_and_keeps_lost_seeds(tmp_path: Path):
+    """Finished runs are archived beside the page and read back from there once OUT is gone; a
+    seed whose logs are lost keeps its recorded score, merged with the seeds that have logs."""
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    name = "bsuite_memory_len_30"
+    target = learning.TARGETS[name]
+    spec = learning.plan(name, target, out, 1)[0]  # an s3m:hidden run, with its real arguments
+    assert spec.variant == "s3m:hidden"
+
+    def args(seed: int) -> list[str]:
+        given = list(spec.args)
+        given[given.index("--seed") + 1] = str(seed)
+        return given
+
+    fake_run(out / name / "s3m-hidden" / "seed0", [1.0] * 1200, args=args(0))
+    fake_run(out / name / "s3m-hidden" / "seed1", [1.0, -1.0] * 600, args=args(1))
+    learning.main(["--redraw", "--out", str(out), "--docs", str(docs), "--targets", name])
+    kept = docs / "runs" / name / "s3m-hidden" / "seed1"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        ["config.yaml", runlogs.MARKER, "episodes.jsonl.gz", "metrics.jsonl.gz"]
+    )
+    assert len(runlogs.read_run(kept).episode_returns) == 1200
+    first = json.loads((docs / "results.json").read_text())["targets"]
+
+    # The machine is gone: the page is rebuilt from the archive alone, to the same rows.
+    import shutil
+
+    shutil.rmtree(out)
+    learning.main(["--redraw", "--out", str(out), "--docs", str(docs), "--targets", name])
+    assert json.loads((docs / "results.json").read_text())["targets"] == first
+
+    # The archive of seed 0 is lost too, and seed 2 runs: seed 0's recorded score stays.
+    shutil.rmtree(docs / "runs" / name / "s3m-hidden" / "seed0")
+    fake_run(out / name / "s3m-hidden" / "seed2", [-1.0] * 1200, args=args(2))
+    learning.main(["--targets", name, "--redraw", "--out", str(out), "--docs", str(docs)])
+    rows = json.loads((docs / "results.json").read_text())["targets"]
+    row = next(r for r in rows if (r["target"], r["variant"]) == (name, "s3m:hidden"))
+    assert row["seeds"] == [0, 1, 2]
+    assert [row["per_seed"][s]["final"] for s in ("0", "1", "2")] == [1.0, 0.5, 0.0]
+    assert [row["per_seed"][s]["logs"] for s in ("0", "1", "2")] == [False, True, True]
+    assert row["mean"] == pytest.approx(0.5) and row["note"] == "seed 0: score as recorded, logs lost"
+    assert "score as recorded, logs lost" in (docs / "results.md").read_text()
