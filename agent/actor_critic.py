@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +77,10 @@ class ActorCritic(nn.Module):
         policy_input: what actor and critic read (`output`, `hidden`, `full`); default
             `cfg.policy_input`. The agent passes `output` for the RSSM.
     """
+
+    # The context of the forward passes in `update`: mixed precision where the agent sets one
+    # (agent/precision.py); backward passes run outside it.
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
     def __init__(
         self,
@@ -182,41 +187,43 @@ class ActorCritic(nn.Module):
         # backprop the graph runs from the actor's reparameterised actions through the (frozen)
         # world model and critic into the returns.
         with frozen(world_model, self.critic) if dynamics else contextlib.nullcontext():
-            with torch.set_grad_enabled(dynamics):
-                traj, feats, logpi, entropy = self._imagine(world_model, start)
-                arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
-                reward = world_model.reward(arrived)  # (H, N)
+            # Forward passes under the mixed-precision context; the backward runs outside it.
+            with self.autocast():
+                with torch.set_grad_enabled(dynamics):
+                    traj, feats, logpi, entropy = self._imagine(world_model, start)
+                    arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
+                    reward = world_model.reward(arrived)  # (H, N)
+                    with torch.no_grad():
+                        cont = world_model.cont(arrived)  # (H, N) probabilities
+                        if cfg.imag_cont == "mode":
+                            # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
+                            cont = (cont > 0.5).float()
+                        # `mean` keeps the probability, as DreamerV2: an end the continue head
+                        # half-expects still discounts the return instead of counting as no end.
+                    if dynamics:
+                        value = self.critic(feats).mean()  # (H + 1, N), a graph to the features only
+                if not dynamics:
+                    # One critic pass serves the returns (detached) and the critic loss (its graph).
+                    critic_all = self.critic(feats.detach())
+                    value = critic_all.mean().detach()  # (H + 1, N)
+                returns = lambda_returns(reward, cont, value, cfg.discount, cfg.return_lambda)  # (H, N)
                 with torch.no_grad():
-                    cont = world_model.cont(arrived)  # (H, N) probabilities
-                    if cfg.imag_cont == "mode":
-                        # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
-                        cont = (cont > 0.5).float()
-                    # `mean` keeps the probability, as DreamerV2: an end the continue head
-                    # half-expects still discounts the return instead of counting as no end.
-                if dynamics:
-                    value = self.critic(feats).mean()  # (H + 1, N), a graph to the features only
-            if not dynamics:
-                # One critic pass serves the returns (detached) and the critic loss (its graph).
-                critic_all = self.critic(feats.detach())
-                value = critic_all.mean().detach()  # (H + 1, N)
-            returns = lambda_returns(reward, cont, value, cfg.discount, cfg.return_lambda)  # (H, N)
-            with torch.no_grad():
-                conts = torch.cat([start_cont[None], cont], 0)  # (H + 1, N)
-                weight = torch.cumprod(cfg.discount * conts, 0) / cfg.discount  # (H + 1, N)
-                self.retnorm.update(returns)
-                scale = self.retnorm.scale()
-                adv = (returns - value[:-1]) / scale  # (H, N)
+                    conts = torch.cat([start_cont[None], cont], 0)  # (H + 1, N)
+                    weight = torch.cumprod(cfg.discount * conts, 0) / cfg.discount  # (H + 1, N)
+                    self.retnorm.update(returns)
+                    scale = self.retnorm.scale()
+                    adv = (returns - value[:-1]) / scale  # (H, N)
 
-            # Actor loss (DreamerV3 ImagActorCritic.loss).
-            if dynamics:
-                # DreamerV3 `ImagActorCritic.loss` (and R2I): the backprop loss is -adv with
-                # adv = (R_t - off) / S - (v_t - off) / S; the offset cancels, and the baseline v_t
-                # keeps its graph through the frozen critic and the imagined features, so the loss
-                # gradient is (∂v_t - ∂R_t) / S, not -∂R_t / S alone.
-                objective = (returns - value[:-1]) / scale
-            else:
-                objective = logpi[:-1] * adv
-            actor_loss = (-(objective + cfg.entropy * entropy[:-1]) * weight[:-1]).mean()
+                # Actor loss (DreamerV3 ImagActorCritic.loss).
+                if dynamics:
+                    # DreamerV3 `ImagActorCritic.loss` (and R2I): the backprop loss is -adv with
+                    # adv = (R_t - off) / S - (v_t - off) / S; the offset cancels, and the baseline v_t
+                    # keeps its graph through the frozen critic and the imagined features, so the loss
+                    # gradient is (∂v_t - ∂R_t) / S, not -∂R_t / S alone.
+                    objective = (returns - value[:-1]) / scale
+                else:
+                    objective = logpi[:-1] * adv
+                actor_loss = (-(objective + cfg.entropy * entropy[:-1]) * weight[:-1]).mean()
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
         actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
@@ -224,7 +231,8 @@ class ActorCritic(nn.Module):
 
         # Critic loss (DreamerV3 VFunction.loss): targets and features carry no graph.
         if dynamics:
-            critic_dist = self.critic(feats[:-1].detach())
+            with self.autocast():
+                critic_dist = self.critic(feats[:-1].detach())
         else:
             critic_dist = TwoHot(critic_all.logits[:-1], self.critic.bins)
         critic_loss, critic_norm, slow_value = self._critic_step(
@@ -272,7 +280,7 @@ class ActorCritic(nn.Module):
         Returns:
             loss () float32, the gradient norm before clipping, the slow critic's values (H, N).
         """
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             slow_value = self.slow_critic(feats).mean()  # (H, N)
         # DreamerV3 `critic_slowreg: logprob`: the slow critic's mean is a second two-hot target.
         nll = -dist.log_prob(target) - self.cfg.slow_critic_reg * dist.log_prob(slow_value)

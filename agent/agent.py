@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from agent.actor_critic import ActorCritic
+from agent.precision import autocast_context, resolve_precision
 from configs.schema import Config
 from world_model.base import ObsSpace, State, WorldModel, flatten_state, to_tensors
 
@@ -68,6 +69,8 @@ class Agent:
         action_dim: A (one-hot width for discrete actions).
         discrete: one-hot actions, else continuous in [-1, 1].
         device: where the networks live.
+
+    `precision` is the resolved `cfg.precision` (`32` or `bf16-mixed`).
     """
 
     def __init__(
@@ -91,6 +94,10 @@ class Agent:
         feature_dim = self.world_model.feature_dim(self.policy_input)
         self.actor_critic = ActorCritic(feature_dim, action_dim, discrete, cfg.agent, self.policy_input)
         self.actor_critic.to(self.device)  # in place: the optimisers keep their parameters
+        # Mixed precision: forward passes of acting and of both updates run under `autocast`.
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast = autocast_context(self.precision, self.device)
+        self.world_model.autocast = self.actor_critic.autocast = self.autocast
         self.updates = 0
 
     # ----- acting ----------------------------------------------------------------------------
@@ -127,8 +134,9 @@ class Agent:
         self.world_model.eval()
         inputs = to_tensors({key: obs[key] for key in self.world_model.obs_space}, self.device)
         is_first = torch.as_tensor(np.asarray(obs["is_first"], dtype=bool), device=self.device)
-        state = self.world_model.step(state, inputs, is_first)
-        dist = self.actor_critic.policy(self.world_model.features(state, self.policy_input))
+        with self.autocast():
+            state = self.world_model.step(state, inputs, is_first)
+            dist = self.actor_critic.policy(self.world_model.features(state, self.policy_input))
         action = dist.sample() if mode == "explore" else dist.mode()
         state = {**state, "action": action}
         return action.float().cpu().numpy(), state

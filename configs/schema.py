@@ -16,6 +16,7 @@ from typing import Any
 CHOICES: dict[str, tuple[str, ...]] = {
     "world_model": ("s3m", "rssm"),
     "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "32", "bf16-mixed"),
     "model.reward_head": ("twohot", "symlog_mse"),
     "s3m.discretization": ("bilinear", "zoh"),
     "s3m.bc_init": ("r2i", "unit"),
@@ -151,6 +152,10 @@ class Config:
     seed: int = 0  # seeds torch, numpy and the environments
     logdir: str = ""  # run folder; empty means runs/<env>-<world_model>-<time>
     device: str = "auto"  # auto picks cuda when available
+    # 32, or bf16-mixed: the networks' matmuls in bfloat16, scan, losses and optimiser in float32
+    # (agent/precision.py); auto takes bf16-mixed where the device has native bfloat16 (AVX-512
+    # BF16 or AMX CPUs, Ampere or newer GPUs), else 32
+    precision: str = "auto"
     # torch intra-op CPU threads; 0 keeps torch's default (one per core). One is the default because
     # this library's ops are small: spinning OpenMP threads made a debug run 12x slower (82 s vs
     # 6.7 s) on a 2-core machine that had other work, and gained little on an idle one.

@@ -21,7 +21,9 @@ negative log-likelihoods.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -79,6 +81,10 @@ class WorldModel(nn.Module):
         cfg: shared model settings.
         head_dim: width of [h_t, z_t], what the decoder and heads read.
     """
+
+    # The context of `update`'s forward pass: mixed precision where the agent sets one
+    # (agent/precision.py); the backward pass runs outside it.
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
     def __init__(self, obs_space: ObsSpace, action_dim: int, cfg: ModelConfig, head_dim: int):
         super().__init__()
@@ -254,7 +260,8 @@ class WorldModel(nn.Module):
         if self.opt is None:
             self.opt = self.make_optimizer()
         self.opt.zero_grad(set_to_none=True)
-        post, losses, metrics, last_state = self.observe(batch, state)
+        with self.autocast():
+            post, losses, metrics, last_state = self.observe(batch, state)
         losses["total"].backward()
         assert self._clip_sets, "update: the optimiser must come from make_optimizer"
         norms = [nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) for params in self._clip_sets]

@@ -62,7 +62,8 @@ class NormGRUCell(nn.Module):
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)
         # = update · cand + (1 - update) · h as one op: the observe loop is bound by per-op overhead.
-        return torch.lerp(h, cand, update)
+        # h stays in its own dtype (float32) under mixed precision, as the S3M's states do.
+        return torch.lerp(h, cand.to(h.dtype), update.to(h.dtype))
 
 
 class RSSM(WorldModel):

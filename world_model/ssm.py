@@ -161,20 +161,24 @@ class S5Layer(nn.Module):
         """Parallel mode.
 
         Args:
-            u: (B, T, H) float32 inputs.
+            u: (B, T, H) float32 inputs (bfloat16 under mixed precision: cast here).
             is_first: (B, T) bool, True where the state restarts from x_init.
             x_prev: (B, P) complex64, the state before the first step.
 
         Returns:
             y: (B, T, H) float32 outputs; x: (B, T, P) complex64 states after every step.
         """
-        lam_bar, B_bar = self.discretize()
-        b = self._input(u, B_bar)  # (B, T, P)
-        x_init = torch.view_as_complex(self.x_init.contiguous())
-        # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
-        b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
-        x = linear_recurrence(lam_bar, ~is_first, b, x_prev, self.scan)
-        return self._output(x, u), x
+        # The recurrence stays in float32 / complex64 under mixed precision (agent/precision.py):
+        # Λ̄^t over hundreds of steps and the states' sums lose too much in bfloat16.
+        with torch.autocast(u.device.type, enabled=False):
+            u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
+            lam_bar, B_bar = self.discretize()
+            b = self._input(u, B_bar)  # (B, T, P)
+            x_init = torch.view_as_complex(self.x_init.contiguous())
+            # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
+            b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
+            x = linear_recurrence(lam_bar, ~is_first, b, x_prev, self.scan)
+            return self._output(x, u), x
 
     def step(
         self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
@@ -183,12 +187,14 @@ class S5Layer(nn.Module):
 
         `is_first=None` means no step restarts (imagination), which skips the reset select.
         """
-        lam_bar, B_bar = self.discretize()
-        if is_first is not None:
-            x_init = torch.view_as_complex(self.x_init.contiguous())
-            x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
-        x = lam_bar * x_prev + self._input(u, B_bar)
-        return self._output(x, u), x
+        with torch.autocast(u.device.type, enabled=False):  # float32 as in `forward`
+            u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
+            lam_bar, B_bar = self.discretize()
+            if is_first is not None:
+                x_init = torch.view_as_complex(self.x_init.contiguous())
+                x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
+            x = lam_bar * x_prev + self._input(u, B_bar)
+            return self._output(x, u), x
 
 
 class SSMBlock(nn.Module):
