@@ -100,7 +100,7 @@ def test_train_returns_the_posterior_that_replay_then_stores(world_model: str) -
     expected = {"state/action": batch["action"]}
     for key in keys - {"state/action"}:
         value = post[key[len("state/") :]]
-        expected[key] = (torch.view_as_real(value) if value.is_complex() else value).numpy()
+        expected[key] = (torch.view_as_real(value) if value.is_complex() else value).float().numpy()
     written = np.zeros((NUM_ENVS, 30), bool)
     acted_z = []  # what the policy stored for the batch's steps, (B', T, S·C)
     for b, (stream, first) in enumerate(zip(batch["start/stream"], batch["start/index"])):
