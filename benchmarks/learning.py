@@ -225,14 +225,17 @@ def archive_runs(out: Path, archive: Path, variants: Sequence[str]) -> None:
             if runlogs.read_marker(logdir) is None:
                 continue  # not finished: nothing to keep yet
             dest = archive / runlogs.variant_dir(variant) / logdir.name
+            marker = (logdir / runlogs.MARKER).read_bytes()
+            if (dest / runlogs.MARKER).is_file() and (dest / runlogs.MARKER).read_bytes() == marker:
+                continue  # archived already: the same finished run (its marker holds its wall time)
             dest.mkdir(parents=True, exist_ok=True)
-            for name in ARCHIVED:
-                if (logdir / name).is_file():
-                    shutil.copyfile(logdir / name, dest / name)
             for name in PACKED:
                 if (logdir / name).is_file():
                     # mtime=0: the same logs give the same bytes, so a rebuild changes no file.
                     (dest / f"{name}.gz").write_bytes(gzip.compress((logdir / name).read_bytes(), mtime=0))
+            for name in ARCHIVED:  # the marker last: an archive holding it is complete
+                if (logdir / name).is_file():
+                    shutil.copyfile(logdir / name, dest / name)
 
 
 def target_rows(
