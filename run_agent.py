@@ -24,10 +24,23 @@ A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: age
     episodes.jsonl          one line per finished training episode: {"step", "return", "length", "env"}
     events.out.tfevents.*   TensorBoard: losses, returns, episode lengths, speed, eval returns, videos
     checkpoint/             agent.pt (networks, optimisers), loop.pt (counters, RNG states),
-                            replay/ (the replay buffer), config.yaml (the config of the weights)
+                            replay/ (the replay buffer), config.yaml (the config of the weights),
+                            digests.json (sha256 of each file, checked before loading)
+    checkpoint.prev/        the checkpoint before, kept in case the latest one is damaged
 
 Ctrl-C (or SIGTERM) stops at the end of the current step and saves a checkpoint first.
-Exit status: 0 done, 2 bad input (one `error:` line on stderr), 130 stopped early.
+
+Faults: an update whose loss, gradient norm or weights come out non-finite is undone and counted
+(`train/skipped_updates`); `train.max_skipped_updates` of them in a row stop the run. A
+non-finite action is replaced by a random one (`train/nonfinite_actions`); an env's non-finite
+observation is replaced by 0 and ends its episode (`env/nonfinite_obs`); an env subprocess that
+dies or hangs is replaced (`env/restarts`, envs/vector.py). Any other crash saves a checkpoint
+before it stops the run.
+
+Exit status: 0 done; 2 bad input (a flag, config value, env, run folder or damaged checkpoint) or
+values that went non-finite for good (the last good checkpoint is kept); 3 an env subprocess that
+kept dying (a checkpoint is saved first); 130 stopped early. Each but 0 and 130 prints one
+`error:` line on stderr.
 """
 
 from __future__ import annotations
@@ -52,7 +65,7 @@ from tqdm import tqdm
 import envs
 from agent import Agent
 from agent.checkpoint import (
-    CHECKPOINT,
+    NAMES,
     CheckpointError,
     Progress,
     find_checkpoint,
@@ -60,9 +73,12 @@ from agent.checkpoint import (
     load_weights,
     restore_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
+from agent.guards import NonFiniteError, UpdateGuard, finite_actions
 from agent.logger import EPISODES, METRICS, Episodes, Logger, open_loop_video
 from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
+from envs.vector import EnvWorkerError
 from replay import ReplayLoadError, SequenceReplay
 
 # What `python run_agent.py` trains when no --preset is given: the CPU recipe of the POPGym target
@@ -74,12 +90,13 @@ DEFAULT_PRESETS = "popgym_cpu"
 DEFAULT_OVERRIDES = ("train.steps=20000", "train.eval_every=5000", "train.checkpoint_every=5000")
 
 EXIT_ERROR = 2  # bad input: a flag, config key or value, env id, run folder or checkpoint
+EXIT_FAULT = 3  # an env subprocess kept dying; a checkpoint was saved
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM after saving a checkpoint (128 + SIGINT)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation envs never share seeds with training envs
 RECENT_EPISODES = 20  # training episodes averaged for the progress bar's return
 
 # A folder holding one of these (or TensorBoard events) is a run, and never written into anew.
-RUN_FILES = ("config.yaml", METRICS, EPISODES, CHECKPOINT, CHECKPOINT + ".old")
+RUN_FILES = ("config.yaml", METRICS, EPISODES, *NAMES)
 
 
 class RunError(Exception):
@@ -93,15 +110,26 @@ USER_ERRORS = (RunError, CheckpointError, ConfigError, envs.EnvError, ReplayLoad
 # Factories: the three parts of a run, built from its config
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr, above the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
 def make_env(cfg: Config, num_envs: int, seed: int) -> envs.VectorEnv:
-    """N copies of `cfg.env.name` (subprocesses when N > 1); env i is seeded `seed + i`."""
-    # Subprocesses started while SIGINT is ignored keep ignoring it, so Ctrl-C reaches only this
-    # process, which stops the loop cleanly and saves a checkpoint instead of losing its envs.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return envs.VectorEnv(cfg.env.name, num_envs, seed, **cfg.env.options)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    """N copies of `cfg.env.name` (subprocesses when N > 1); env i is seeded `seed + i`.
+
+    Env subprocesses ignore Ctrl-C (envs/workers.py), so it reaches only this process, which
+    stops the loop cleanly and saves a checkpoint instead of losing its envs.
+    """
+    return envs.VectorEnv(
+        cfg.env.name,
+        num_envs,
+        seed,
+        worker_timeout=cfg.env.worker_timeout,
+        max_restarts=cfg.env.max_restarts,
+        warn=warn,
+        **cfg.env.options,
+    )
 
 
 def make_replay(cfg: Config, num_streams: int) -> SequenceReplay:
@@ -142,12 +170,14 @@ def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int, sample: bool = Fa
     share = [episodes // env.num_envs + (i < episodes % env.num_envs) for i in range(env.num_envs)]
     results: list[list[tuple[float, int]]] = [[] for _ in range(env.num_envs)]
     tracker = Episodes(env.num_envs)
+    rng = np.random.default_rng(0)  # actions for envs whose policy output went non-finite
     step, state = env.reset(), agent.initial_state(env.num_envs)
     while any(len(done) < want for done, want in zip(results, share)):
         for i, ret, length in tracker.observe(step):
             if len(results[i]) < share[i]:
                 results[i].append((ret, length))
         action, state = agent.policy(step, state, mode="explore" if sample else "eval")
+        action, state, _ = finite_actions(agent, action, state, lambda: random_actions(rng, env))
         step = env.step(action)
     flat = [result for done in results for result in done]
     return {
@@ -185,10 +215,36 @@ def crossed(every: int, before: int, after: int) -> bool:
     return every > 0 and after // every > before // every
 
 
+def updates_ahead(cfg: Config, progress: Progress, replay: SequenceReplay, num_envs: int) -> float:
+    """The updates this session's remaining env steps owe, counting only the steps after which
+    the loop trains: the prefill is done and a stream holds a sequence of train.seq_len steps."""
+    tc = cfg.train
+    start, longest = progress.env_steps, int(replay.stream_lengths.max())
+    last = -(-(tc.steps - start) // num_envs)  # loop iterations left; iteration k ends at start + k·N
+    first = max(1, -(-(tc.prefill - start) // num_envs), tc.seq_len - longest)
+    eligible = max(0, last - first + 1)
+    return progress.update_credit + eligible * num_envs * tc.train_ratio / (tc.batch_size * tc.seq_len)
+
+
+def last_good_checkpoint(logdir: str) -> str:
+    """Where the run's newest checkpoint is, for a message: it was saved with finite weights."""
+    try:
+        checkpoint = find_checkpoint(logdir)
+        steps = load_loop_state(checkpoint)[0].env_steps
+    except CheckpointError:
+        return "no checkpoint was saved before"
+    return f"its last good checkpoint, at {steps} env steps, is {os.path.abspath(checkpoint)}"
+
+
 def train(cfg: Config, resume: str | None) -> int:
     """Train the agent of `cfg` in the run folder `cfg.logdir`, or continue it from checkpoint `resume`.
 
     Returns the exit status: 0 when done, EXIT_INTERRUPTED when stopped early (checkpoint saved).
+
+    Raises:
+        NonFiniteError: `train.max_skipped_updates` updates in a row went non-finite; the message
+            says where the last good checkpoint is (none is saved now).
+        EnvWorkerError: an env subprocess kept dying; a checkpoint was saved first.
     """
     tc, logdir = cfg.train, cfg.logdir
     torch.manual_seed(cfg.seed)
@@ -211,6 +267,7 @@ def train(cfg: Config, resume: str | None) -> int:
             eval_seed = cfg.seed + EVAL_SEED_OFFSET + progress.env_steps
             eval_env = stack.enter_context(make_env(cfg, cfg.env.eval_envs, eval_seed))
         agent = make_agent(cfg, env)
+        guard = UpdateGuard(agent, tc.max_skipped_updates)
         replay = make_replay(cfg, env.num_envs)
         if resume:
             restore_checkpoint(resume, loop_state, agent, replay, rng)
@@ -220,7 +277,7 @@ def train(cfg: Config, resume: str | None) -> int:
         else:
             os.makedirs(logdir, exist_ok=True)
             save_config(cfg, os.path.join(logdir, "config.yaml"))
-        logger = stack.enter_context(Logger(logdir, purge_step=progress.env_steps if resume else None))
+        logger = stack.enter_context(Logger(logdir, resumed_at=progress.env_steps if resume else None))
         if resume:
             logger.event(progress.env_steps, event="resume", replay_steps=len(replay))
         else:
@@ -232,12 +289,20 @@ def train(cfg: Config, resume: str | None) -> int:
             f"{counts['total']:,} parameters (world model {counts['world_model']:,}, "
             f"actor {counts['actor']:,}, critic {counts['critic']:,})"
         )
+        if updates_ahead(cfg, progress, replay, env.num_envs) < 1.0:
+            warn(
+                f"warning: this run makes no updates: an update needs train.prefill={tc.prefill} env "
+                f"steps and train.seq_len={tc.seq_len} steps in one env's replay, but the run ends at "
+                f"train.steps={tc.steps} with env.num_envs={env.num_envs}"
+            )
         B, T = tc.batch_size, tc.seq_len
         updates_per_step = tc.train_ratio / (B * T)  # DreamerV3: train_ratio replayed steps per env step
         episodes, recent = Episodes(env.num_envs), deque(maxlen=RECENT_EPISODES)
         window: dict[str, list[float]] = defaultdict(list)  # what happened since the last log
         window_start, window_steps = time.time(), progress.env_steps
         session_start, session_steps = time.time(), progress.env_steps
+        # Fault counters of the envs count from 0 in each session; Progress carries them on.
+        counted = {"env_restarts": 0, "nonfinite_obs": 0}
         last_eval: dict[str, float] = {}
         saved_at = evaluated_at = -1
         stop = StopRequest()
@@ -246,77 +311,135 @@ def train(cfg: Config, resume: str | None) -> int:
             tqdm(total=tc.steps, initial=progress.env_steps, unit="step", dynamic_ncols=True, smoothing=0.05)
         )
 
-        step, state = env.reset(), agent.initial_state(env.num_envs)
-        while progress.env_steps < tc.steps and not stop.requested:
-            # Act: the policy observes step t (resetting its state where is_first) and picks a_t.
-            for i, ret, length in episodes.observe(step):
-                logger.episode(progress.env_steps, i, ret, length)
-                window["episode/return"].append(ret)
-                window["episode/length"].append(length)
-                recent.append(ret)
-                progress.episodes += 1
-            action, state = agent.policy(step, state, mode="explore")
-            if progress.env_steps < tc.prefill:
-                # Random actions, but the latent still tracks them, for replay context and the switch.
-                action = random_actions(rng, env)
-                state = {**state, "action": torch.as_tensor(action, device=state["action"].device)}
-            transition = {**step, "action": action}
-            if cfg.replay.store_state:
-                transition.update(agent.replay_state(state))
-            replay.add(transition)
-            step = env.step(action)
-            before, progress.env_steps = progress.env_steps, progress.env_steps + env.num_envs
-            bar.update(env.num_envs)
+        resume_hint = f"--resume {os.path.abspath(logdir)}"
 
-            # Train: as many updates as the ratio owes, once prefill is done and a sequence fits.
-            if progress.env_steps >= tc.prefill and replay.stream_lengths.max() >= T:
-                progress.update_credit += env.num_envs * updates_per_step
-                while progress.update_credit >= 1.0:
-                    batch = replay.sample(B, T)
-                    metrics, states = agent.train_with_states(batch)
-                    if cfg.replay.store_state:
-                        # Replay context (DreamerV3): the posteriors just trained on replace the
-                        # stored latents of these steps, so later samples start from a recent model's
-                        # latents instead of those of the model that acted (or prefilled) back then.
-                        replay.update_state(batch["start/stream"], batch["start/index"], states)
-                    for key, value in metrics.items():
-                        window[key].append(value)
-                    progress.update_credit -= 1.0
-                    progress.updates += 1
-
-            # Log, evaluate, record videos and checkpoint when their period comes round.
-            now = progress.env_steps
-            if crossed(tc.log_every, before, now):
-                elapsed = time.time() - window_start
-                scalars = {key: float(np.mean(values)) for key, values in window.items()}
-                scalars["perf/env_steps_per_s"] = (now - window_steps) / max(elapsed, 1e-9)
-                scalars["perf/updates"] = progress.updates
-                scalars["replay/steps"] = len(replay)
-                logger.scalars(now, scalars)
-                window.clear()
-                window_start, window_steps = time.time(), now
-            if crossed(tc.eval_every, before, now) and eval_env is not None:
-                last_eval, evaluated_at = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample), now
-                logger.scalars(now, last_eval)
-                tqdm.write(f"step {now}: eval return {last_eval['eval/return']:.3f}")
-            if crossed(tc.video_every, before, now) and "image" in env.obs_space and progress.updates:
-                logger.video(now, "open_loop/image", open_loop_video(agent, replay, T))
-            if crossed(tc.checkpoint_every, before, now):
-                save_checkpoint(logdir, cfg, agent, replay, progress, rng)
-                saved_at = now
-            if recent:
-                bar.set_postfix(ret=f"{np.mean(recent):.3f}", refresh=False)
-        bar.close()
-
-        if stop.requested:
+        def save() -> None:
+            nonlocal saved_at
             save_checkpoint(logdir, cfg, agent, replay, progress, rng)
-            print(f"stopped at {progress.env_steps} env steps; continue with --resume {logdir}")
-            return EXIT_INTERRUPTED
-        if eval_env is not None and evaluated_at != progress.env_steps:
-            last_eval = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample)
-            logger.scalars(progress.env_steps, last_eval)
-        if saved_at != progress.env_steps:
-            save_checkpoint(logdir, cfg, agent, replay, progress, rng)
+            saved_at = progress.env_steps
+
+        def count_env_faults() -> None:
+            for key, now in (("env_restarts", env.restarts), ("nonfinite_obs", env.nonfinite)):
+                setattr(progress, key, getattr(progress, key) + now - counted[key])
+                counted[key] = now
+
+        try:
+            step, state = env.reset(), agent.initial_state(env.num_envs)
+            while progress.env_steps < tc.steps and not stop.requested:
+                # Act: the policy observes step t (resetting its state where is_first) and picks a_t.
+                for i, ret, length in episodes.observe(step):
+                    logger.episode(progress.env_steps, i, ret, length)
+                    window["episode/return"].append(ret)
+                    window["episode/length"].append(length)
+                    recent.append(ret)
+                    progress.episodes += 1
+                action, state = agent.policy(step, state, mode="explore")
+                if progress.env_steps < tc.prefill:
+                    # Random actions, but the latent still tracks them, for replay context and the switch.
+                    action = random_actions(rng, env)
+                    state = {**state, "action": torch.as_tensor(action, device=state["action"].device)}
+                action, state, repaired = finite_actions(
+                    agent, action, state, lambda: random_actions(rng, env)
+                )
+                if repaired:
+                    if not progress.nonfinite_actions:
+                        warn(
+                            f"warning: the policy gave non-finite actions or latents for env(s) {repaired} "
+                            f"at {progress.env_steps} env steps; sent random actions and restarted their "
+                            f"latents (later ones are counted in train/nonfinite_actions)"
+                        )
+                    progress.nonfinite_actions += len(repaired)
+                transition = {**step, "action": action}
+                if cfg.replay.store_state:
+                    transition.update(agent.replay_state(state))
+                replay.add(transition)
+                step = env.step(action)
+                count_env_faults()
+                before, progress.env_steps = progress.env_steps, progress.env_steps + env.num_envs
+                bar.update(env.num_envs)
+
+                # Train: as many updates as the ratio owes, once prefill is done and a sequence fits.
+                if progress.env_steps >= tc.prefill and replay.stream_lengths.max() >= T:
+                    progress.update_credit += env.num_envs * updates_per_step
+                    while progress.update_credit >= 1.0:
+                        progress.update_credit -= 1.0
+                        batch = replay.sample(B, T)
+                        metrics, states = guard.train(batch)
+                        if metrics is None:
+                            # Undone: nothing of it reaches the weights, the logs or the replay.
+                            if progress.skipped_updates == 0:
+                                warn(
+                                    f"warning: an update went non-finite at {progress.env_steps} env "
+                                    f"steps ({guard.last}); undid it (later ones are counted in "
+                                    f"train/skipped_updates)"
+                                )
+                            progress.skipped_updates += 1
+                            continue
+                        if cfg.replay.store_state:
+                            # Replay context (DreamerV3): the posteriors just trained on replace the
+                            # stored latents of these steps, so later samples start from a recent
+                            # model's latents instead of those of the model that acted back then.
+                            replay.update_state(batch["start/stream"], batch["start/index"], states)
+                        for key, value in metrics.items():
+                            window[key].append(value)
+                        progress.updates += 1
+
+                # Log, evaluate, record videos and checkpoint when their period comes round.
+                now = progress.env_steps
+                if crossed(tc.log_every, before, now):
+                    elapsed = time.time() - window_start
+                    scalars = {key: float(np.mean(values)) for key, values in window.items()}
+                    scalars["perf/env_steps_per_s"] = (now - window_steps) / max(elapsed, 1e-9)
+                    scalars["perf/updates"] = progress.updates
+                    scalars["replay/steps"] = len(replay)
+                    scalars["train/skipped_updates"] = progress.skipped_updates
+                    scalars["train/nonfinite_actions"] = progress.nonfinite_actions
+                    scalars["env/restarts"] = progress.env_restarts
+                    scalars["env/nonfinite_obs"] = progress.nonfinite_obs
+                    logger.scalars(now, scalars)
+                    window.clear()
+                    window_start, window_steps = time.time(), now
+                if crossed(tc.eval_every, before, now) and eval_env is not None:
+                    last_eval, evaluated_at = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample), now
+                    logger.scalars(now, last_eval)
+                    tqdm.write(f"step {now}: eval return {last_eval['eval/return']:.3f}")
+                if crossed(tc.video_every, before, now) and "image" in env.obs_space and progress.updates:
+                    logger.video(now, "open_loop/image", open_loop_video(agent, replay, T))
+                if crossed(tc.checkpoint_every, before, now):
+                    save()
+                if recent:
+                    bar.set_postfix(ret=f"{np.mean(recent):.3f}", refresh=False)
+            bar.close()
+
+            if stop.requested:
+                save()
+                print(f"stopped at {progress.env_steps} env steps; continue with {resume_hint}")
+                return EXIT_INTERRUPTED
+            if eval_env is not None and evaluated_at != progress.env_steps:
+                last_eval = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample)
+                logger.scalars(progress.env_steps, last_eval)
+            if saved_at != progress.env_steps:
+                save()
+        except NonFiniteError as err:
+            # The weights are the last finite ones, but they led here: keep the checkpoint before.
+            bar.close()
+            raise NonFiniteError(
+                f"{err}; stopped at {progress.env_steps} env steps, {last_good_checkpoint(logdir)}"
+            ) from None
+        except Exception as err:
+            # Save what the run has (its weights are finite: the guard saw to it) before it stops.
+            bar.close()
+            try:
+                save()
+                where = (
+                    f"saved a checkpoint at {progress.env_steps} env steps first: continue with {resume_hint}"
+                )
+            except Exception as save_err:  # noqa: BLE001 - report both, raise the first
+                where = f"could not save a checkpoint ({type(save_err).__name__}: {save_err})"
+            if isinstance(err, EnvWorkerError):
+                raise EnvWorkerError(f"{err}; {where}") from None
+            print(f"crashed at {progress.env_steps} env steps; {where}", file=sys.stderr)
+            raise
 
     wall = time.time() - session_start
     steps = progress.env_steps - session_steps
@@ -326,12 +449,20 @@ def train(cfg: Config, resume: str | None) -> int:
     print(f"env steps/s:       {steps / max(wall, 1e-9):.1f}")
     print(f"final eval return: {final}")
     print(f"run folder:        {logdir}")
+    if progress.skipped_updates or progress.nonfinite_actions or progress.nonfinite_obs:
+        print(
+            f"non-finite values: {progress.skipped_updates} updates skipped, {progress.nonfinite_actions} "
+            f"actions and {progress.nonfinite_obs} observations replaced"
+        )
+    if progress.env_restarts:
+        print(f"env restarts:      {progress.env_restarts}")
     return 0
 
 
 def eval_only(checkpoint_path: str, overrides: list[str], logdir: str | None, seed: int | None) -> int:
     """Evaluate a checkpoint's weights for `train.eval_episodes` episodes; log into a new folder."""
     checkpoint = find_checkpoint(checkpoint_path)
+    verify_checkpoint(checkpoint)  # before its config.yaml is read
     run = os.path.dirname(os.path.abspath(checkpoint))
     # The checkpoint's own config describes its weights; the run's config beside it is the fallback.
     config = os.path.join(checkpoint, "config.yaml")
@@ -497,9 +628,12 @@ def main(argv: list[str] | None = None) -> int:
             return train(cfg, resume=find_checkpoint(args.resume))
         check_new_logdir(cfg.logdir)
         return train(cfg, resume=None)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, NonFiniteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except EnvWorkerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:
         print("interrupted; the run folder keeps its last complete checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,8 +1,8 @@
-"""Checkpoints of a training run: save atomically, find, load, and restore the loop where it stopped.
+"""Checkpoints of a training run: save atomically and verified, find, load, restore the loop.
 
     save_checkpoint(logdir, cfg, agent, replay, progress, rng)   # logdir/checkpoint/, complete or absent
     checkpoint = find_checkpoint(path)                           # a checkpoint, or a run folder's latest
-    progress, loop = load_loop_state(checkpoint)                 # counters first: they seed the envs
+    progress, loop = load_loop_state(checkpoint)                 # verifies it; counters seed the envs
     restore_checkpoint(checkpoint, loop, agent, replay, rng)     # weights, replay, RNG states
 
 A checkpoint is a folder:
@@ -10,18 +10,28 @@ A checkpoint is a folder:
     agent.pt      `Agent.state_dict()`: networks, optimisers, return normaliser
     loop.pt       {"progress": `Progress` as a dict, "rng": torch / Python (/ CUDA) RNG states,
                    "numpy": the state of the loop's numpy Generator}
-    replay/       `SequenceReplay.save`: the replay buffer, in chunk files that never change
+    replay/       `SequenceReplay.save`: the replay buffer, in chunk files that never change; its
+                  index replay.json holds each chunk file's sha256
     config.yaml   the config the weights were built from
+    digests.json  {"format": 1, "sha256": {relative path: hex digest}} of agent.pt, loop.pt,
+                  config.yaml and replay/replay.json, written last
 
-It is written into `checkpoint.tmp`, fsynced, then renamed to `checkpoint`, so a crash at any
-moment leaves one complete checkpoint (`checkpoint`, or `checkpoint.old` mid-swap) behind.
-Replay chunks already saved are hard-linked from the previous checkpoint, so each save writes
-only what is new. Files are read with `weights_only=True`: tensors and plain containers only.
+A run folder keeps the last two checkpoints: `checkpoint` and the one before, `checkpoint.prev`.
+A save writes `checkpoint.tmp`, fsyncs it, then rotates with renames (`checkpoint.prev` to
+`checkpoint.old`, `checkpoint` to `checkpoint.prev`, `checkpoint.tmp` to `checkpoint`, then
+`checkpoint.old` is deleted), so a crash at any moment leaves at least one complete checkpoint
+and the next save puts the names back in order. Replay chunks already saved are hard-linked from
+the previous checkpoint, so each save writes only what is new (the two checkpoints share those
+files). Loading checks every file against its digest first and refuses a mismatch, naming the
+file and the earlier checkpoint that is intact, if any; a checkpoint without digests.json (written
+before digests) loads unverified. Weights are never saved, nor loaded, with a non-finite value.
+Files are read with `weights_only=True`: tensors and plain containers only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -31,10 +41,20 @@ import numpy as np
 import torch
 
 from agent.agent import Agent
+from agent.guards import NonFiniteError, nonfinite_tensors
 from configs import Config, save_config
-from replay import SequenceReplay
+from replay import ReplayLoadError, SequenceReplay
+from replay.storage import INDEX_NAME, file_sha256, verify_snapshot
 
 CHECKPOINT = "checkpoint"  # the latest complete checkpoint inside a run folder
+PREVIOUS = CHECKPOINT + ".prev"  # the one before it
+_OLD = CHECKPOINT + ".old"  # mid-rotation only: the one before the previous (or, from older code, the latest)
+_TMP = CHECKPOINT + ".tmp"  # a save in progress
+# Newest first: the checkpoints a run folder may hold after a crash at any moment of a rotation.
+NAMES = (CHECKPOINT, PREVIOUS, _OLD)
+MANIFEST = "digests.json"
+_MANIFEST_FORMAT = 1
+_DIGESTED = ("agent.pt", "loop.pt", "config.yaml", os.path.join("replay", INDEX_NAME))
 
 
 class CheckpointError(Exception):
@@ -49,6 +69,10 @@ class Progress:
     updates: int = 0  # agent.train calls
     update_credit: float = 0.0  # updates owed by train_ratio but not yet made (fractional)
     episodes: int = 0  # training episodes finished
+    skipped_updates: int = 0  # updates undone because a loss, gradient or weight went non-finite
+    nonfinite_actions: int = 0  # actions replaced because the policy gave non-finite ones
+    env_restarts: int = 0  # training envs replaced after their worker died or hung
+    nonfinite_obs: int = 0  # non-finite observations or rewards from training envs, replaced by 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +128,29 @@ def _link_tree(src: str, dst: str) -> None:
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
+def _write_manifest(directory: str) -> None:
+    digests = {name: file_sha256(os.path.join(directory, name)) for name in _DIGESTED}
+    path = os.path.join(directory, MANIFEST)
+    with open(path, "w") as f:
+        json.dump({"format": _MANIFEST_FORMAT, "sha256": digests}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _settle(logdir: str) -> None:
+    """Put the checkpoint names of `logdir` back in order after a save that stopped midway.
+
+    Whatever moment a crash hit, the newest complete checkpoint becomes `checkpoint` and the next
+    one `checkpoint.prev`; a half-written `checkpoint.tmp` and anything older are deleted.
+    """
+    final, prev, old, tmp = (os.path.join(logdir, name) for name in (CHECKPOINT, PREVIOUS, _OLD, _TMP))
+    shutil.rmtree(tmp, ignore_errors=True)
+    for newer, older in ((final, prev), (prev, old), (final, prev)):
+        if not os.path.isdir(newer) and os.path.isdir(older):
+            os.replace(older, newer)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     logdir: str,
     cfg: Config,
@@ -114,27 +161,37 @@ def save_checkpoint(
 ) -> None:
     """Write `logdir/checkpoint`: weights and optimisers, counters, RNG states, replay, config.
 
-    Everything goes into `checkpoint.tmp`, is fsynced, then renamed into place; the previous
-    checkpoint is kept (as `checkpoint.old` during the swap) until the new one is complete.
+    Everything goes into `checkpoint.tmp` with its digests, is fsynced, then rotated into place;
+    the previous checkpoint stays as `checkpoint.prev` (unless it no longer matches its digests).
+
+    Raises:
+        NonFiniteError: a weight or optimiser state is non-finite; nothing is written.
     """
-    final = os.path.join(logdir, CHECKPOINT)
-    tmp, old = final + ".tmp", final + ".old"
-    if not os.path.isdir(final) and os.path.isdir(old):
-        os.replace(old, final)  # a previous save stopped mid-swap: `old` is the complete one
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    state = agent.state_dict()
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteError(f"not saving a checkpoint: non-finite values in {', '.join(bad[:4])}")
+    final, prev, old, tmp = (os.path.join(logdir, name) for name in (CHECKPOINT, PREVIOUS, _OLD, _TMP))
+    _settle(logdir)
     if os.path.isdir(os.path.join(final, "replay")):
         _link_tree(os.path.join(final, "replay"), os.path.join(tmp, "replay"))
     # The replay saves to the same `tmp` path every time, so it recognises its earlier chunks there.
     replay.save(os.path.join(tmp, "replay"))
-    _torch_save(agent.state_dict(), os.path.join(tmp, "agent.pt"))
+    _torch_save(state, os.path.join(tmp, "agent.pt"))
     loop = {"progress": dataclasses.asdict(progress), "rng": rng_states(), "numpy": rng.bit_generator.state}
     _torch_save(loop, os.path.join(tmp, "loop.pt"))
     save_config(cfg, os.path.join(tmp, "config.yaml"))
     _fsync(os.path.join(tmp, "config.yaml"))
+    _write_manifest(tmp)
     _fsync(tmp)
     if os.path.isdir(final):
-        os.replace(final, old)
+        if _mismatch(final) is None:
+            if os.path.isdir(prev):
+                os.replace(prev, old)
+            os.replace(final, prev)
+        else:
+            # `checkpoint` went bad on disk since it was saved: keep the good one before it.
+            os.replace(final, old)
     os.replace(tmp, final)
     _fsync(logdir)
     shutil.rmtree(old, ignore_errors=True)
@@ -144,10 +201,14 @@ def save_checkpoint(
 # Loading
 
 
+def _complete(directory: str) -> bool:
+    return all(os.path.isfile(os.path.join(directory, name)) for name in ("agent.pt", "loop.pt"))
+
+
 def find_checkpoint(path: str) -> str:
-    """The checkpoint folder `path` names: a checkpoint itself, or a run folder that holds one."""
-    for candidate in (path, os.path.join(path, CHECKPOINT), os.path.join(path, CHECKPOINT + ".old")):
-        if all(os.path.isfile(os.path.join(candidate, name)) for name in ("agent.pt", "loop.pt")):
+    """The checkpoint folder `path` names: a checkpoint itself, or a run folder's newest one."""
+    for candidate in (path, *(os.path.join(path, name) for name in NAMES)):
+        if _complete(candidate):
             return candidate
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
@@ -156,20 +217,95 @@ def find_checkpoint(path: str) -> str:
     )
 
 
+def _mismatch(checkpoint: str) -> str | None:
+    """Why `checkpoint`'s files do not match their digests (naming the file), or None if they do
+    (or if it predates digests). Replay chunk files are not read here."""
+    path = os.path.join(checkpoint, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            digests = json.load(f)["sha256"]
+        assert isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"checkpoint file '{path}' is unreadable or corrupt"
+    for name in _DIGESTED:
+        file = os.path.join(checkpoint, name)
+        if name not in digests:
+            return f"checkpoint file '{path}' has no digest of {name}"
+        if not os.path.isfile(file):
+            return f"checkpoint file '{file}' is missing"
+        if file_sha256(file) != digests[name]:
+            return f"checkpoint file '{file}' does not match its sha256 in {MANIFEST}: it is corrupt"
+    return None
+
+
+def _intact(checkpoint: str) -> int | None:
+    """The env steps of `checkpoint` if every file of it, replay chunks included, is intact."""
+    if not _complete(checkpoint) or _mismatch(checkpoint) is not None:
+        return None
+    try:
+        verify_snapshot(os.path.join(checkpoint, "replay"))
+        return int(_torch_load(os.path.join(checkpoint, "loop.pt"))["progress"]["env_steps"])
+    except (ReplayLoadError, CheckpointError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _earlier(checkpoint: str) -> str:
+    """Which checkpoint of the same run folder, older than `checkpoint`, is intact: for a message."""
+    checkpoint = os.path.abspath(checkpoint)
+    run, name = os.path.split(checkpoint)
+    if name not in NAMES:
+        return "no other checkpoint of it is known"
+    for older in NAMES[NAMES.index(name) + 1 :]:
+        steps = _intact(os.path.join(run, older))
+        if steps is not None:
+            return (
+                f"the earlier checkpoint '{os.path.join(run, older)}' ({steps} env steps) is intact "
+                f"(move '{name}' aside and --resume takes it)"
+            )
+    return "no earlier checkpoint of the run is intact"
+
+
+def verify_checkpoint(checkpoint: str) -> bool:
+    """Check `checkpoint`'s weights, loop state, config and replay index against their digests.
+
+    Returns False for a checkpoint written before digests (nothing to check), True otherwise.
+    Replay chunk files are checked as `restore_checkpoint` reads them.
+
+    Raises:
+        CheckpointError: a file is missing or does not match; the message names it and the
+            earlier checkpoint that is intact, if any.
+    """
+    problem = _mismatch(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"{problem}; {_earlier(checkpoint)}")
+    return os.path.exists(os.path.join(checkpoint, MANIFEST))
+
+
 def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is the user's to fix, not a crash
         message = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
-            f"cannot read checkpoint file '{path}': {type(err).__name__}: {message}"
+            f"checkpoint file '{path}' is truncated, corrupt or not a checkpoint file "
+            f"({type(err).__name__}: {message})"
         ) from None
 
 
 def load_weights(checkpoint: str, agent: Agent) -> None:
     """Load `agent.pt` into `agent`, which must have been built from a matching config."""
+    path = os.path.join(checkpoint, "agent.pt")
+    state = _torch_load(path)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint file '{path}' holds non-finite values (in {', '.join(bad[:4])}); "
+            f"{_earlier(checkpoint)}"
+        )
     try:
-        agent.load_state_dict(_torch_load(os.path.join(checkpoint, "agent.pt")))
+        agent.load_state_dict(state)
     except (AssertionError, RuntimeError, KeyError, ValueError) as err:
         message = " ".join(str(err).split())[:300]
         raise CheckpointError(
@@ -178,7 +314,9 @@ def load_weights(checkpoint: str, agent: Agent) -> None:
 
 
 def load_loop_state(checkpoint: str) -> tuple[Progress, dict[str, Any]]:
-    """Counters and RNG states of a checkpoint: its `Progress` and the whole of `loop.pt`."""
+    """Verify `checkpoint` (`verify_checkpoint`), then read its counters and RNG states: its
+    `Progress` and the whole of `loop.pt`."""
+    verify_checkpoint(checkpoint)
     loop = _torch_load(os.path.join(checkpoint, "loop.pt"))
     try:
         return Progress(**loop["progress"]), loop
@@ -196,6 +334,9 @@ def restore_checkpoint(
     `loop` is what `load_loop_state` returned; the counters in it are the caller's to keep.
     """
     load_weights(checkpoint, agent)
-    replay.load(os.path.join(checkpoint, "replay"))
+    try:
+        replay.load(os.path.join(checkpoint, "replay"))
+    except ReplayLoadError as err:
+        raise CheckpointError(f"{err}; {_earlier(checkpoint)}") from None
     set_rng_states(loop["rng"])
     rng.bit_generator.state = loop["numpy"]

@@ -38,8 +38,9 @@ step, so its lines continue without overlap; a run killed without one resumes fr
 checkpoint, and the lines from after that checkpoint's step are then written again (the `resume`
 event in metrics.jsonl gives the step the run went back to).
 
-TensorBoard holds the same scalars (a resumed run drops its events after the checkpoint), the
-config as text, and videos as animated GIF image summaries.
+TensorBoard holds the same scalars (a resumed run drops the events logged after its checkpoint's
+step and keeps those at it and before), the config as text, and videos as animated GIF image
+summaries.
 """
 
 from __future__ import annotations
@@ -92,12 +93,16 @@ class Episodes:
 class Logger:
     """Scalars to TensorBoard and metrics.jsonl, episodes to episodes.jsonl, videos to TensorBoard.
 
-    purge_step: a resumed run drops the TensorBoard events written after its checkpoint's step.
+    resumed_at: the step of the checkpoint a resumed run continues from. TensorBoard then drops
+    the events an earlier session logged after that step (they are logged again); those at the
+    step itself stay, since the resumed run starts after it and never logs them again.
     episode_log: whether to keep episodes.jsonl; a folder of evaluation results has no training
     episodes.
     """
 
-    def __init__(self, logdir: str, purge_step: int | None = None, episode_log: bool = True) -> None:
+    def __init__(self, logdir: str, resumed_at: int | None = None, episode_log: bool = True) -> None:
+        # SummaryWriter purges events at `purge_step` and later, so purge from the step after.
+        purge_step = None if resumed_at is None else resumed_at + 1
         self.writer = SummaryWriter(logdir, purge_step=purge_step)
         self.jsonl = open(os.path.join(logdir, METRICS), "a")
         self.episodes = open(os.path.join(logdir, EPISODES), "a") if episode_log else None

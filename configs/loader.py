@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
@@ -285,6 +286,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "train.batch_size",
             "train.seq_len",
             "train.log_every",
+            "train.max_skipped_updates",
         )
     },
     **{
@@ -311,6 +313,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "train.eval_episodes",
             "train.checkpoint_every",
             "train.video_every",
+            "env.worker_timeout",
+            "env.max_restarts",
         )
     },
     # Two-hot encoding spreads a value over two neighbouring bins, so it needs at least two.
@@ -349,6 +353,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key '{key}' must be one of {options}; got {value!r}{_suggest(str(value), allowed)}"
             )
+    for key, expected in _schema().leaves.items():
+        # NaN fails every range check, but inf passes `> 0`: no knob means anything at either.
+        value = _get(cfg, key)
+        if expected is float and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     for key, (ok, must_be) in _RANGES.items():
         value = _get(cfg, key)
         if not ok(value):
@@ -366,10 +375,11 @@ def validate(cfg: Config) -> None:
             f"config key 'agent.return_norm_low' ({agent.return_norm_low}) must be below "
             f"agent.return_norm_high ({agent.return_norm_high})"
         )
-    if cfg.replay.capacity < cfg.train.seq_len:
+    if cfg.replay.capacity // cfg.env.num_envs < cfg.train.seq_len:
+        # Each env's stream gets capacity // num_envs steps and a sequence comes from one stream.
         raise ConfigError(
             f"config key 'replay.capacity' ({cfg.replay.capacity}) must hold at least one sequence "
-            f"of train.seq_len ({cfg.train.seq_len}) steps"
+            f"of train.seq_len ({cfg.train.seq_len}) steps per env (env.num_envs={cfg.env.num_envs})"
         )
 
 

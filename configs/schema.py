@@ -33,6 +33,8 @@ class EnvConfig:
     num_envs: int = 1  # parallel training envs; subprocesses when > 1
     eval_envs: int = 1  # parallel evaluation envs
     options: dict[str, Any] = field(default_factory=dict)  # adapter options, e.g. {size: 64}
+    worker_timeout: float = 60.0  # seconds an env subprocess may take per step; then it is replaced (0: none)
+    max_restarts: int = 3  # deaths of one env subprocess in 10 minutes that are replaced; one more: exit 3
 
 
 @dataclass
@@ -145,6 +147,7 @@ class TrainConfig:
     eval_sample: bool = False  # evaluate the sampled policy (DreamerV3's evaluation), not its mode
     checkpoint_every: int = 10_000  # env steps between checkpoints (and one at the end)
     video_every: int = 10_000  # env steps between open-loop prediction videos (image tasks)
+    max_skipped_updates: int = 20  # consecutive updates skipped for non-finite losses or grads; then exit 2
 
 
 @dataclass

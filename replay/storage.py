@@ -8,6 +8,10 @@ A snapshot directory holds
   array per key with leading `end - start`. Step numbers count every step ever added to the stream,
   so a chunk file's content never changes once written.
 
+The index lists each chunk file with the sha256 of its bytes, and loading refuses a file whose bytes
+no longer match (a flipped bit would otherwise load as plausible numbers, or fail deep in numpy).
+Snapshots of format 1, written before digests, still load, unverified.
+
 Why this layout: an interrupted save must never destroy the previous snapshot. Every file a save
 writes carries that save's generation number in its name, so it cannot clobber a file the previous
 index refers to; the index is replaced last with an atomic rename, and only then are files that no
@@ -17,18 +21,21 @@ saves, so full chunks are written once.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 INDEX_NAME = "replay.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk entries carry a sha256
+_READABLE = (1, 2)
 _CHUNK_RE = re.compile(r"chunk-s(\d+)-(\d+)-(\d+)-g(\d+)\.npz")
 
 
@@ -38,12 +45,14 @@ class ReplayLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ChunkFile:
-    """One chunk file: steps `[start, end)` of stream `stream`, stored under `name`."""
+    """One chunk file: steps `[start, end)` of stream `stream`, stored under `name`, whose bytes
+    have the hex digest `sha256` (None until written, or in a snapshot of format 1)."""
 
     stream: int
     start: int
     end: int
     name: str
+    sha256: str | None = None
 
     @staticmethod
     def make(stream: int, start: int, end: int, generation: int) -> ChunkFile:
@@ -80,13 +89,37 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _write_chunk(path: str, arrays: dict[str, np.ndarray], compress: bool) -> None:
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_chunk(path: str, arrays: dict[str, np.ndarray], compress: bool) -> str:
+    """Write one chunk file (atomically); returns the hex sha256 of its bytes."""
+    buffer = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
+    data = buffer.getvalue()
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _known_digests(directory: str) -> dict[str, str]:
+    """Chunk name -> sha256 from the index already in `directory` (the previous snapshot), if any."""
+    try:
+        with open(os.path.join(directory, INDEX_NAME)) as f:
+            entries = json.load(f)["files"]
+        return {e["name"]: e["sha256"] for e in entries if isinstance(e.get("sha256"), str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def write_snapshot(
@@ -107,15 +140,22 @@ def write_snapshot(
         compress: zlib-compress chunk files (smaller on disk, much slower to write).
     """
     os.makedirs(directory, exist_ok=True)
+    known = _known_digests(directory)
+    files = []
     for chunk in kept:
-        assert os.path.exists(os.path.join(directory, chunk.name)), f"kept chunk {chunk.name} is missing"
+        path = os.path.join(directory, chunk.name)
+        assert os.path.exists(path), f"kept chunk {chunk.name} is missing"
+        # A kept file is not read again: its digest is the one it was written with (hashed now
+        # only for chunks of a format-1 snapshot, once).
+        digest = chunk.sha256 or known.get(chunk.name) or file_sha256(path)
+        files.append(replace(chunk, sha256=digest))
     for chunk in new:
         arrays = read(chunk)
         for key, value in arrays.items():
             assert len(value) == chunk.end - chunk.start, f"{key}: {len(value)} rows for chunk {chunk.name}"
-        _write_chunk(os.path.join(directory, chunk.name), arrays, compress)
+        digest = _write_chunk(os.path.join(directory, chunk.name), arrays, compress)
+        files.append(replace(chunk, sha256=digest))
 
-    files = kept + new
     index = {**index, "format": FORMAT_VERSION, "files": [asdict(chunk) for chunk in files]}
     tmp = os.path.join(directory, INDEX_NAME + ".tmp")
     with open(tmp, "w") as f:
@@ -145,12 +185,14 @@ def read_index(directory: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             index = json.load(f)
-        if index.get("format") != FORMAT_VERSION:
+        if index.get("format") not in _READABLE:
             raise ValueError(f"unknown format {index.get('format')!r}")
         files = [ChunkFile(**entry) for entry in index["files"]]
         for chunk in files:
             if _CHUNK_RE.fullmatch(chunk.name) is None or chunk.end <= chunk.start:
                 raise ValueError(f"bad chunk entry {chunk}")
+            if index["format"] >= 2 and not isinstance(chunk.sha256, str):
+                raise ValueError(f"chunk entry {chunk.name} has no sha256")
         index["files"] = files
     except FileNotFoundError:
         raise ReplayLoadError(f"cannot load replay from {directory}: no {INDEX_NAME} in it") from None
@@ -169,14 +211,47 @@ def read_chunks(
     """
     for chunk in files:
         path = os.path.join(directory, chunk.name)
+        data = _read_verified(path, chunk)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in spec}
-            for key, (dtype, shape) in spec.items():
-                value = arrays[key]
-                expected = (chunk.end - chunk.start, *shape)
-                if value.dtype != dtype or value.shape != expected:
-                    raise ValueError(f"{key} is {value.dtype} {value.shape}, expected {dtype} {expected}")
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in spec}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise ReplayLoadError(f"cannot load replay from {path}: {type(err).__name__}: {err}") from None
+            # Without a digest (format 1), a corrupt file shows up only here (e.g. as a
+            # UnicodeDecodeError from its header).
+            raise ReplayLoadError(
+                f"replay chunk file {path} is corrupt or truncated ({type(err).__name__}: {err})"
+            ) from None
+        for key, (dtype, shape) in spec.items():
+            value = arrays[key]
+            expected = (chunk.end - chunk.start, *shape)
+            if value.dtype != dtype or value.shape != expected:
+                raise ReplayLoadError(
+                    f"cannot load replay from {path}: {key} is {value.dtype} {value.shape}, "
+                    f"expected {dtype} {expected}"
+                )
         yield chunk, arrays
+
+
+def _read_verified(path: str, chunk: ChunkFile) -> bytes:
+    """The bytes of a chunk file, checked against its digest (when the index has one)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ReplayLoadError(f"cannot load replay from {path}: {type(err).__name__}: {err}") from None
+    if chunk.sha256 is not None and hashlib.sha256(data).hexdigest() != chunk.sha256:
+        raise ReplayLoadError(
+            f"replay chunk file {path} does not match its sha256 in {INDEX_NAME}: it is corrupt"
+        )
+    return data
+
+
+def verify_snapshot(directory: str) -> None:
+    """Check that every chunk file of the snapshot in `directory` matches its digest.
+
+    Raises:
+        ReplayLoadError: the index is unreadable, or a file is missing or does not match.
+    """
+    index = read_index(directory)
+    for chunk in index["files"]:
+        _read_verified(os.path.join(directory, chunk.name), chunk)
