@@ -173,12 +173,19 @@ def aggregate_estimates(
             [metrics.aggregate_mean(scores), metrics.aggregate_median(scores), metrics.aggregate_iqm(scores)]
         )
 
-    with warnings.catch_warnings():
-        # rliable hands its RandomState to arch under a keyword arch deprecates; the draws are the same.
-        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            matrices, aggregates, reps=reps, random_state=np.random.RandomState(seed)
-        )
+    # rliable 1.2 draws its resamples from numpy's global RNG (`StratifiedBootstrap.update_indices`
+    # calls `np.random.choice`), whatever `random_state` says: seed that, and put it back after.
+    global_state = np.random.get_state()  # noqa: NPY002 - the RNG rliable reads
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        with warnings.catch_warnings():
+            # rliable hands its RandomState to arch under a keyword arch deprecates.
+            warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+            points, intervals = library.get_interval_estimates(
+                matrices, aggregates, reps=reps, random_state=np.random.RandomState(seed)
+            )
+    finally:
+        np.random.set_state(global_state)  # noqa: NPY002
     return {
         key: {
             name: (float(points[key][i]), float(intervals[key][0, i]), float(intervals[key][1, i]))
