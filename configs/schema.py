@@ -159,10 +159,11 @@ class Config:
     # (agent/precision.py); auto takes bf16-mixed where the device has native bfloat16 (AVX-512
     # BF16 or AMX CPUs, Ampere or newer GPUs), else 32
     precision: str = "auto"
-    # torch intra-op CPU threads; 0 keeps torch's default (one per core). One is the default because
-    # this library's ops are small: spinning OpenMP threads made a debug run 12x slower (82 s vs
-    # 6.7 s) on a 2-core machine that had other work, and gained little on an idle one.
-    threads: int = 1
+    # torch intra-op CPU threads; 0 keeps torch's default (one per core). On an idle 2-core CPU two
+    # threads against one: updates 1.3x (popgym_cpu, bsuite_cpu) to 1.6x (cpu, small) faster, the
+    # default run 1.17x. Runs sharing a CPU should split it (compare.py gives each run
+    # `--threads`, 1 by default): oversubscribed OpenMP threads spin and can be many times slower.
+    threads: int = 0
     world_model: str = "s3m"  # s3m (R2I) or rssm (DreamerV3 baseline)
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
