@@ -192,14 +192,12 @@ class ActorCritic(nn.Module):
                 with torch.set_grad_enabled(dynamics):
                     traj, feats, logpi, entropy = self._imagine(world_model, start)
                     arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
-                    reward = world_model.reward(arrived)  # (H, N)
-                    with torch.no_grad():
-                        cont = world_model.cont(arrived)  # (H, N) probabilities
-                        if cfg.imag_cont == "mode":
-                            # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
-                            cont = (cont > 0.5).float()
-                        # `mean` keeps the probability, as DreamerV2: an end the continue head
-                        # half-expects still discounts the return instead of counting as no end.
+                    reward, cont = world_model.reward_and_cont(arrived)  # (H, N), (H, N) probabilities
+                    if cfg.imag_cont == "mode":
+                        # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
+                        cont = (cont > 0.5).float()
+                    # `mean` keeps the probability, as DreamerV2: an end the continue head
+                    # half-expects still discounts the return instead of counting as no end.
                     if dynamics:
                         value = self.critic(feats).mean()  # (H + 1, N), a graph to the features only
                 if not dynamics:

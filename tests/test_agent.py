@@ -220,7 +220,10 @@ def test_imag_starts_picks_a_subset_of_the_posterior_states(count: int) -> None:
 def test_imag_cont_gives_the_returns_the_mode_or_the_probability(monkeypatch, imag_cont, p, expected) -> None:
     agent = make_agent(overrides=(f"agent.imag_cont={imag_cont}",))
     wm = agent.world_model
-    monkeypatch.setattr(wm, "cont", lambda state: torch.full(state["z"].shape[:-1], p))
+    predict = wm.reward_and_cont
+    monkeypatch.setattr(
+        wm, "reward_and_cont", lambda state: (predict(state)[0], torch.full(state["z"].shape[:-1], p))
+    )
     seen = {}
     returns = actor_critic_module.lambda_returns
 

@@ -91,6 +91,11 @@ def test_imagine_shapes_and_no_reset():
     assert traj["action"].shape == (5, 10, A)
     torch.testing.assert_close(traj["x"][0], start["x"])
     assert model.reward(traj).shape == (5, 10) and model.cont(traj).shape == (5, 10)
+    # Both predictions from one feature build: the same values; only the reward keeps a graph.
+    reward, cont = model.reward_and_cont(traj)
+    torch.testing.assert_close(reward, model.reward(traj))
+    torch.testing.assert_close(cont, model.cont(traj))
+    assert reward.requires_grad and not cont.requires_grad
 
 
 def _grad_norm(loss, params):

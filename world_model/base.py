@@ -130,6 +130,16 @@ class WorldModel(nn.Module):
         """Predicted probability (…,) that the episode continues after `state`."""
         return self.cont_head(self.head_features(state)).mean
 
+    def reward_and_cont(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """`reward(state)` (…,) with its graph and `cont(state)` (…,) without one, from one build
+        of the head features: imagination needs both on (H, N) states, and the features of 1024
+        starts are a (H, N, H + S·C) copy each time."""
+        feats = self.head_features(state)
+        reward = self.reward_head(feats).mean()
+        with torch.no_grad():  # the continue flags discount the returns; no gradient through them
+            cont = self.cont_head(feats).mean
+        return reward, cont
+
     # ----- parallel path: observe a replayed batch -------------------------------------------
 
     def observe(
