@@ -7,6 +7,7 @@ examples:
     python run_agent.py --preset debug --env gym:CartPole-v1 --logdir runs/smoke
     python run_agent.py --resume runs/smoke train.steps=400   # continue a run where it stopped
     python run_agent.py --eval-only runs/smoke/checkpoint     # evaluate saved weights
+    torchrun --standalone --nproc_per_node=2 run_agent.py --preset debug --env gym:CartPole-v1
 
 The loop (DESIGN.md §6): N vectorised envs act with the agent's policy (the world model's step
 mode on a carried latent that resets per env at `is_first`); every step goes into the sequence
@@ -17,6 +18,15 @@ trained on back over them (DreamerV3's replay context). Along the way it logs sc
 open-loop predictions for image tasks, evaluates and checkpoints.
 Config keys, their defaults and meanings: configs/schema.py; presets: configs/presets/.
 
+Data-parallel training (agent/distributed.py): under `torchrun --nproc_per_node=N` each of the N
+ranks runs this loop with env.num_envs envs of its own (rank k seeded from seed + k·10^7) and a
+replay of its own, and trains on its own (B, T) batches; every update averages the gradients over
+the ranks, so all hold the same weights. `train.steps`, `prefill` and the periods count env steps
+of all ranks, and `train_ratio` keeps its meaning over them (each rank makes the updates its own
+env steps owe). Rank 0 writes the logs, config and shared checkpoint files, evaluates and records
+videos; each rank saves its replay and RNG states in the checkpoint, and `--resume` needs the same
+number of ranks. A world size of 1 (or no torchrun) is a plain single process.
+
 A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: agent/checkpoint.py):
 
     config.yaml             the resolved config; `--resume` reads it
@@ -25,7 +35,8 @@ A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: age
     events.out.tfevents.*   TensorBoard: losses, returns, episode lengths, speed, eval returns, videos
     checkpoint/             agent.pt (networks, optimisers), loop.pt (counters, RNG states),
                             replay/ (the replay buffer), config.yaml (the config of the weights),
-                            digests.json (sha256 of each file, checked before loading)
+                            digests.json (sha256 of each file, checked before loading);
+                            rank<k>/ (loop.pt, replay/) for each rank k >= 1 of a data-parallel run
     checkpoint.prev/        the checkpoint before, kept in case the latest one is damaged
 
 Ctrl-C (or SIGTERM) stops at the end of the current step and saves a checkpoint first.
@@ -35,12 +46,15 @@ Faults: an update whose loss, gradient norm or weights come out non-finite is un
 non-finite action is replaced by a random one (`train/nonfinite_actions`); an env's non-finite
 observation is replaced by 0 and ends its episode (`env/nonfinite_obs`); an env subprocess that
 dies or hangs is replaced (`env/restarts`, envs/vector.py). Any other crash saves a checkpoint
-before it stops the run.
+before it stops the run; in a data-parallel run it keeps the last one instead (a checkpoint holds
+every rank's replay at one step), and a rank that dies makes torchrun stop the others.
 
 Exit status: 0 done; 2 bad input (a flag, config value, env, run folder or damaged checkpoint) or
 values that went non-finite for good (the last good checkpoint is kept); 3 an env subprocess that
-kept dying (a checkpoint is saved first); 130 stopped early. Each but 0 and 130 prints one
-`error:` line on stderr.
+kept dying (a checkpoint is saved first), or another rank of a data-parallel run that died or hung
+(its last checkpoint is kept); 130 stopped early. Each but 0 and 130 prints one
+`error:` line on stderr (under torchrun: rank 0's, and those of other ranks as `error: rank k:`
+for what fails after the ranks joined; torchrun itself then exits 1, naming each rank's status).
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import os
 import random
 import signal
@@ -68,6 +83,7 @@ from agent.checkpoint import (
     NAMES,
     CheckpointError,
     Progress,
+    check_world_size,
     find_checkpoint,
     load_loop_state,
     load_weights,
@@ -75,8 +91,9 @@ from agent.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from agent.distributed import SINGLE, RankLostError, World, WorldError, data_parallel
 from agent.guards import NonFiniteError, UpdateGuard, finite_actions
-from agent.logger import EPISODES, METRICS, Episodes, Logger, open_loop_video
+from agent.logger import EPISODES, METRICS, Episodes, Logger, NullLogger, open_loop_video
 from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
 from envs.vector import EnvWorkerError
 from replay import ReplayLoadError, SequenceReplay
@@ -90,10 +107,14 @@ DEFAULT_PRESETS = "popgym_cpu"
 DEFAULT_OVERRIDES = ("train.steps=20000", "train.eval_every=5000", "train.checkpoint_every=5000")
 
 EXIT_ERROR = 2  # bad input: a flag, config key or value, env id, run folder or checkpoint
-EXIT_FAULT = 3  # an env subprocess kept dying; a checkpoint was saved
+EXIT_FAULT = 3  # an env subprocess kept dying (a checkpoint was saved), or another rank died
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM after saving a checkpoint (128 + SIGINT)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation envs never share seeds with training envs
+# Rank k of a data-parallel run seeds from seed + k * this: its envs, replay and RNGs draw streams
+# of their own (and seeds stay below 2**32, which some env suites need, up to rank 400).
+RANK_SEED_OFFSET = 10_000_000
 RECENT_EPISODES = 20  # training episodes averaged for the progress bar's return
+QUIET_EXIT_DELAY_S = 3.0  # how long a rank > 0 waits to exit on an error that rank 0 reports
 
 # A folder holding one of these (or TensorBoard events) is a run, and never written into anew.
 RUN_FILES = ("config.yaml", METRICS, EPISODES, *NAMES)
@@ -103,7 +124,7 @@ class RunError(Exception):
     """Bad input the user can fix (flag, run folder): printed as one `error:` line."""
 
 
-USER_ERRORS = (RunError, CheckpointError, ConfigError, envs.EnvError, ReplayLoadError)
+USER_ERRORS = (RunError, CheckpointError, ConfigError, envs.EnvError, ReplayLoadError, WorldError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,15 +158,30 @@ def make_replay(cfg: Config, num_streams: int) -> SequenceReplay:
     return SequenceReplay.from_config(cfg.replay, num_streams, cfg.seed)
 
 
-def make_agent(cfg: Config, env: envs.VectorEnv) -> Agent:
-    """World model (`cfg.world_model`) and actor-critic for `env`'s observations and actions."""
+def resolve_device(cfg: Config, world: World = SINGLE) -> torch.device:
+    """Where the networks of `cfg.device` live: under torchrun, a rank's CUDA device is
+    cuda:<local rank>, one GPU per rank."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RunError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda" and world.distributed:
+        if world.local_rank >= torch.cuda.device_count():
+            raise RunError(
+                f"rank {world.rank} has local rank {world.local_rank} but torch sees "
+                f"{torch.cuda.device_count()} CUDA devices; start at most one rank per GPU"
+            )
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def make_agent(cfg: Config, env: envs.VectorEnv, device: torch.device | None = None) -> Agent:
+    """World model (`cfg.world_model`) and actor-critic for `env`'s observations and actions, on
+    `device` (default: `resolve_device(cfg)`)."""
+    device = resolve_device(cfg) if device is None else device
     if cfg.threads > 0:
         # Fewer intra-op threads than cores helps when env subprocesses or other runs share the CPU.
         torch.set_num_threads(cfg.threads)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
     return Agent(cfg, env.obs_space, env.action_dim, env.discrete, device)
 
 
@@ -193,17 +229,27 @@ def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int, sample: bool = Fa
 class StopRequest:
     """Turns the first Ctrl-C / SIGTERM into a request to stop after the current step.
 
-    A second Ctrl-C interrupts at once (the previous handler is back), e.g. during a long save.
+    A second Ctrl-C interrupts at once (the previous handler is back), e.g. during a long save;
+    with `again` set to False later signals only repeat the request. A rank of a data-parallel run
+    gets two (the terminal's Ctrl-C reaches every process, then torchrun passes its own on), and
+    torchrun kills the ranks that have not exited 30 s later.
     """
+
+    again = True  # whether a second signal interrupts at once
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            return
         self.requested = True
-        self.restore()
-        tqdm.write("stopping after this step to save a checkpoint (Ctrl-C again to quit at once)")
+        if self.again:
+            self.restore()
+            tqdm.write("stopping after this step to save a checkpoint (Ctrl-C again to quit at once)")
+        else:
+            tqdm.write("stopping after this step to save a checkpoint")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -215,13 +261,19 @@ def crossed(every: int, before: int, after: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-def updates_ahead(cfg: Config, progress: Progress, replay: SequenceReplay, num_envs: int) -> float:
+def updates_ahead(
+    cfg: Config, progress: Progress, replay: SequenceReplay, num_envs: int, world_size: int = 1
+) -> float:
     """The updates this session's remaining env steps owe, counting only the steps after which
-    the loop trains: the prefill is done and a stream holds a sequence of train.seq_len steps."""
+    the loop trains: the prefill is done and a stream holds a sequence of train.seq_len steps.
+
+    `num_envs` is each rank's; an iteration takes num_envs · world_size env steps in all, and owes
+    each rank the updates of its own env steps (each update trains on every rank's batch)."""
     tc = cfg.train
     start, longest = progress.env_steps, int(replay.stream_lengths.max())
-    last = -(-(tc.steps - start) // num_envs)  # loop iterations left; iteration k ends at start + k·N
-    first = max(1, -(-(tc.prefill - start) // num_envs), tc.seq_len - longest)
+    steps = num_envs * world_size
+    last = -(-(tc.steps - start) // steps)  # loop iterations left; iteration k ends at start + k·N
+    first = max(1, -(-(tc.prefill - start) // steps), tc.seq_len - longest)
     eligible = max(0, last - first + 1)
     return progress.update_credit + eligible * num_envs * tc.train_ratio / (tc.batch_size * tc.seq_len)
 
@@ -236,68 +288,97 @@ def last_good_checkpoint(logdir: str) -> str:
     return f"its last good checkpoint, at {steps} env steps, is {os.path.abspath(checkpoint)}"
 
 
-def train(cfg: Config, resume: str | None) -> int:
+def rank_config(cfg: Config, world: World) -> Config:
+    """The config rank `world.rank` trains with: the run's, seeded `RANK_SEED_OFFSET` apart per
+    rank (rank 0, and a single process, keep `cfg` itself)."""
+    if world.rank == 0:
+        return cfg
+    return dataclasses.replace(cfg, seed=cfg.seed + world.rank * RANK_SEED_OFFSET)
+
+
+def train(cfg: Config, resume: str | None, world: World = SINGLE, device: torch.device | None = None) -> int:
     """Train the agent of `cfg` in the run folder `cfg.logdir`, or continue it from checkpoint `resume`.
+
+    In a data-parallel run every rank calls this with its `world` (joined) and `device`; they
+    act, train, log, checkpoint and stop at the same env steps.
 
     Returns the exit status: 0 when done, EXIT_INTERRUPTED when stopped early (checkpoint saved).
 
     Raises:
         NonFiniteError: `train.max_skipped_updates` updates in a row went non-finite; the message
             says where the last good checkpoint is (none is saved now).
-        EnvWorkerError: an env subprocess kept dying; a checkpoint was saved first.
+        EnvWorkerError: an env subprocess kept dying; a checkpoint was saved first (not in a
+            data-parallel run, whose last checkpoint stays the latest).
+        RankLostError: another rank died or hung (a data-parallel run); its last checkpoint stays.
     """
     tc, logdir = cfg.train, cfg.logdir
+    cfg = rank_config(cfg, world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the prefill's random actions
     progress, loop_state = Progress(), {}
     if resume:
-        progress, loop_state = load_loop_state(resume)
-        if progress.env_steps >= tc.steps:
-            raise RunError(
-                f"the run in '{logdir}' already took train.steps={tc.steps} env steps; "
-                f"continue it with a larger budget, e.g. train.steps={2 * tc.steps}"
-            )
+        progress, loop_state = load_loop_state(resume, world.rank)
 
     with contextlib.ExitStack() as stack:
         # Resumed envs start new episodes with new seeds, so they do not replay the run's first ones.
         env = stack.enter_context(make_env(cfg, cfg.env.num_envs, cfg.seed + progress.env_steps))
         eval_env = None
-        if tc.eval_episodes > 0:
+        if tc.eval_episodes > 0 and world.main:
             eval_seed = cfg.seed + EVAL_SEED_OFFSET + progress.env_steps
             eval_env = stack.enter_context(make_env(cfg, cfg.env.eval_envs, eval_seed))
-        agent = make_agent(cfg, env)
+        agent = make_agent(cfg, env, device)
+        data_parallel(agent, world)  # before the checkpoint loads: its return normaliser is shared
         guard = UpdateGuard(agent, tc.max_skipped_updates)
         replay = make_replay(cfg, env.num_envs)
+        # One process calls these as it always has (benchmarks/soak.py wraps the calls); each rank
+        # of a data-parallel run saves and restores its own part.
+        this_world, this_rank = ((world,), (world.rank,)) if world.distributed else ((), ())
         if resume:
-            restore_checkpoint(resume, loop_state, agent, replay, rng)
-            # The run's config now holds this session's overrides (e.g. a larger train.steps).
-            save_config(cfg, os.path.join(logdir, "config.yaml.tmp"))
-            os.replace(os.path.join(logdir, "config.yaml.tmp"), os.path.join(logdir, "config.yaml"))
-        else:
+            restore_checkpoint(resume, loop_state, agent, replay, rng, *this_rank)
+            if world.main:
+                # The run's config now holds this session's overrides (e.g. a larger train.steps).
+                save_config(cfg, os.path.join(logdir, "config.yaml.tmp"))
+                os.replace(os.path.join(logdir, "config.yaml.tmp"), os.path.join(logdir, "config.yaml"))
+        elif world.main:
             os.makedirs(logdir, exist_ok=True)
             save_config(cfg, os.path.join(logdir, "config.yaml"))
-        logger = stack.enter_context(Logger(logdir, resumed_at=progress.env_steps if resume else None))
+        resumed_at = progress.env_steps if resume else None
+        logger = stack.enter_context(Logger(logdir, resumed_at=resumed_at) if world.main else NullLogger())
+        # Data-parallel runs record their world size: `--resume` needs the same.
+        ranks = {"world_size": world.size} if world.distributed else {}
         if resume:
-            logger.event(progress.env_steps, event="resume", replay_steps=len(replay))
+            replay_steps = int(world.sum([len(replay)])[0])
+            logger.event(progress.env_steps, event="resume", replay_steps=replay_steps, **ranks)
         else:
-            logger.text("config", "```\n" + Path(logdir, "config.yaml").read_text() + "\n```")
+            if ranks:
+                logger.event(progress.env_steps, event="start", **ranks)
+            if world.main:
+                logger.text("config", "```\n" + Path(logdir, "config.yaml").read_text() + "\n```")
 
         counts = agent.parameter_counts()
-        print(
-            f"{cfg.world_model} agent on {cfg.env.name} ({env.num_envs} envs) in {logdir}: "
-            f"{counts['total']:,} parameters (world model {counts['world_model']:,}, "
-            f"actor {counts['actor']:,}, critic {counts['critic']:,})"
-        )
-        if updates_ahead(cfg, progress, replay, env.num_envs) < 1.0:
+        per_rank = f" on each of {world.size} ranks" if world.distributed else ""
+        if world.main:
+            print(
+                f"{cfg.world_model} agent on {cfg.env.name} ({env.num_envs} envs{per_rank}) in {logdir}: "
+                f"{counts['total']:,} parameters (world model {counts['world_model']:,}, "
+                f"actor {counts['actor']:,}, critic {counts['critic']:,})"
+            )
+        if world.main and updates_ahead(cfg, progress, replay, env.num_envs, world.size) < 1.0:
             warn(
                 f"warning: this run makes no updates: an update needs train.prefill={tc.prefill} env "
                 f"steps and train.seq_len={tc.seq_len} steps in one env's replay, but the run ends at "
-                f"train.steps={tc.steps} with env.num_envs={env.num_envs}"
+                f"train.steps={tc.steps} with env.num_envs={env.num_envs}{per_rank}"
             )
         B, T = tc.batch_size, tc.seq_len
-        updates_per_step = tc.train_ratio / (B * T)  # DreamerV3: train_ratio replayed steps per env step
+        # DreamerV3: train_ratio replayed steps per env step. Each rank's env steps owe it updates
+        # at this rate, and each update replays B·T steps on every rank: over all ranks, still
+        # train_ratio replayed steps per env step.
+        updates_per_step = tc.train_ratio / (B * T)
+        steps_per_iteration = env.num_envs * world.size  # env steps of all ranks per loop iteration
+        first_env = world.rank * env.num_envs  # this rank's env 0 among all ranks' envs
         episodes, recent = Episodes(env.num_envs), deque(maxlen=RECENT_EPISODES)
+        finished: list[tuple[int, int, float, int]] = []  # (step, env, return, length), not logged yet
         window: dict[str, list[float]] = defaultdict(list)  # what happened since the last log
         window_start, window_steps = time.time(), progress.env_steps
         session_start, session_steps = time.time(), progress.env_steps
@@ -306,16 +387,34 @@ def train(cfg: Config, resume: str | None) -> int:
         last_eval: dict[str, float] = {}
         saved_at = evaluated_at = -1
         stop = StopRequest()
+        stop.again = not world.distributed
         stack.callback(stop.restore)
         bar = stack.enter_context(
-            tqdm(total=tc.steps, initial=progress.env_steps, unit="step", dynamic_ncols=True, smoothing=0.05)
+            tqdm(
+                total=tc.steps,
+                initial=progress.env_steps,
+                unit="step",
+                dynamic_ncols=True,
+                smoothing=0.05,
+                disable=not world.main,
+            )
         )
 
         resume_hint = f"--resume {os.path.abspath(logdir)}"
 
+        def log_episodes() -> None:
+            """Log the episodes every rank finished since the last call, ordered by step and env."""
+            for at, i, ret, length in sorted(world.gather(finished)):
+                logger.episode(at, i, ret, length)
+                window["episode/return"].append(ret)
+                window["episode/length"].append(length)
+                recent.append(ret)
+            finished.clear()
+
         def save() -> None:
             nonlocal saved_at
-            save_checkpoint(logdir, cfg, agent, replay, progress, rng)
+            log_episodes()  # the episodes log holds every episode up to the checkpoint's step
+            save_checkpoint(logdir, cfg, agent, replay, progress, rng, *this_world)
             saved_at = progress.env_steps
 
         def count_env_faults() -> None:
@@ -323,16 +422,21 @@ def train(cfg: Config, resume: str | None) -> int:
                 setattr(progress, key, getattr(progress, key) + now - counted[key])
                 counted[key] = now
 
+        def totals() -> dict[str, float]:
+            """The fault counters of all ranks together (each rank's Progress counts its own)."""
+            keys = ("nonfinite_actions", "env_restarts", "nonfinite_obs")
+            return dict(zip(keys, world.sum([getattr(progress, key) for key in keys])))
+
         try:
             step, state = env.reset(), agent.initial_state(env.num_envs)
-            while progress.env_steps < tc.steps and not stop.requested:
+            stopping = world.any(stop.requested)  # every rank stops at the same step
+            while progress.env_steps < tc.steps and not stopping:
                 # Act: the policy observes step t (resetting its state where is_first) and picks a_t.
                 for i, ret, length in episodes.observe(step):
-                    logger.episode(progress.env_steps, i, ret, length)
-                    window["episode/return"].append(ret)
-                    window["episode/length"].append(length)
-                    recent.append(ret)
+                    finished.append((progress.env_steps, first_env + i, ret, length))
                     progress.episodes += 1
+                if not world.distributed:
+                    log_episodes()  # as they end; ranks gather theirs when they log or save
                 action, state = agent.policy(step, state, mode="explore")
                 if progress.env_steps < tc.prefill:
                     # Random actions, but the latent still tracks them, for replay context and the switch.
@@ -355,10 +459,11 @@ def train(cfg: Config, resume: str | None) -> int:
                 replay.add(transition)
                 step = env.step(action)
                 count_env_faults()
-                before, progress.env_steps = progress.env_steps, progress.env_steps + env.num_envs
-                bar.update(env.num_envs)
+                before, progress.env_steps = progress.env_steps, progress.env_steps + steps_per_iteration
+                bar.update(steps_per_iteration)
 
                 # Train: as many updates as the ratio owes, once prefill is done and a sequence fits.
+                # Every rank's replay grows alike, so all ranks make the same updates, in lockstep.
                 if progress.env_steps >= tc.prefill and replay.stream_lengths.max() >= T:
                     progress.update_credit += env.num_envs * updates_per_step
                     while progress.update_credit >= 1.0:
@@ -367,7 +472,7 @@ def train(cfg: Config, resume: str | None) -> int:
                         metrics, states = guard.train(batch)
                         if metrics is None:
                             # Undone: nothing of it reaches the weights, the logs or the replay.
-                            if progress.skipped_updates == 0:
+                            if progress.skipped_updates == 0 and world.main:  # all ranks skip it
                                 warn(
                                     f"warning: an update went non-finite at {progress.env_steps} env "
                                     f"steps ({guard.last}); undid it (later ones are counted in "
@@ -387,15 +492,17 @@ def train(cfg: Config, resume: str | None) -> int:
                 # Log, evaluate, record videos and checkpoint when their period comes round.
                 now = progress.env_steps
                 if crossed(tc.log_every, before, now):
+                    log_episodes()
+                    faults = totals()
                     elapsed = time.time() - window_start
                     scalars = {key: float(np.mean(values)) for key, values in window.items()}
                     scalars["perf/env_steps_per_s"] = (now - window_steps) / max(elapsed, 1e-9)
                     scalars["perf/updates"] = progress.updates
-                    scalars["replay/steps"] = len(replay)
+                    scalars["replay/steps"] = world.sum([len(replay)])[0]
                     scalars["train/skipped_updates"] = progress.skipped_updates
-                    scalars["train/nonfinite_actions"] = progress.nonfinite_actions
-                    scalars["env/restarts"] = progress.env_restarts
-                    scalars["env/nonfinite_obs"] = progress.nonfinite_obs
+                    scalars["train/nonfinite_actions"] = faults["nonfinite_actions"]
+                    scalars["env/restarts"] = faults["env_restarts"]
+                    scalars["env/nonfinite_obs"] = faults["nonfinite_obs"]
                     logger.scalars(now, scalars)
                     window.clear()
                     window_start, window_steps = time.time(), now
@@ -403,23 +510,27 @@ def train(cfg: Config, resume: str | None) -> int:
                     last_eval, evaluated_at = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample), now
                     logger.scalars(now, last_eval)
                     tqdm.write(f"step {now}: eval return {last_eval['eval/return']:.3f}")
-                if crossed(tc.video_every, before, now) and "image" in env.obs_space and progress.updates:
+                video = crossed(tc.video_every, before, now) and "image" in env.obs_space
+                if video and progress.updates and world.main:
                     logger.video(now, "open_loop/image", open_loop_video(agent, replay, T))
                 if crossed(tc.checkpoint_every, before, now):
                     save()
                 if recent:
                     bar.set_postfix(ret=f"{np.mean(recent):.3f}", refresh=False)
+                stopping = world.any(stop.requested)
             bar.close()
 
-            if stop.requested:
+            if stopping:
                 save()
-                print(f"stopped at {progress.env_steps} env steps; continue with {resume_hint}")
+                if world.main:
+                    print(f"stopped at {progress.env_steps} env steps; continue with {resume_hint}")
                 return EXIT_INTERRUPTED
             if eval_env is not None and evaluated_at != progress.env_steps:
                 last_eval = evaluate(agent, eval_env, tc.eval_episodes, tc.eval_sample)
                 logger.scalars(progress.env_steps, last_eval)
             if saved_at != progress.env_steps:
                 save()
+            faults = totals()
         except NonFiniteError as err:
             # The weights are the last finite ones, but they led here: keep the checkpoint before.
             bar.close()
@@ -427,20 +538,31 @@ def train(cfg: Config, resume: str | None) -> int:
                 f"{err}; stopped at {progress.env_steps} env steps, {last_good_checkpoint(logdir)}"
             ) from None
         except Exception as err:
-            # Save what the run has (its weights are finite: the guard saw to it) before it stops.
             bar.close()
-            try:
-                save()
+            if world.distributed:
+                # A checkpoint holds every rank's replay at one step: one rank cannot save one alone,
+                # and the others may be gone. The last complete one stays the latest.
                 where = (
-                    f"saved a checkpoint at {progress.env_steps} env steps first: continue with {resume_hint}"
+                    f"a data-parallel run saves no checkpoint on a crash; {last_good_checkpoint(logdir)}; "
+                    f"continue with {resume_hint}"
                 )
-            except Exception as save_err:  # noqa: BLE001 - report both, raise the first
-                where = f"could not save a checkpoint ({type(save_err).__name__}: {save_err})"
-            if isinstance(err, EnvWorkerError):
-                raise EnvWorkerError(f"{err}; {where}") from None
+            else:
+                # Save what the run has (its weights are finite: the guard saw to it) before it stops.
+                try:
+                    save()
+                    where = (
+                        f"saved a checkpoint at {progress.env_steps} env steps first: continue with "
+                        f"{resume_hint}"
+                    )
+                except Exception as save_err:  # noqa: BLE001 - report both, raise the first
+                    where = f"could not save a checkpoint ({type(save_err).__name__}: {save_err})"
+            if isinstance(err, (EnvWorkerError, RankLostError)):
+                raise type(err)(f"{err}; {where}") from None
             print(f"crashed at {progress.env_steps} env steps; {where}", file=sys.stderr)
             raise
 
+    if not world.main:
+        return 0
     wall = time.time() - session_start
     steps = progress.env_steps - session_steps
     final = f"{last_eval['eval/return']:.3f}" if last_eval else "n/a (train.eval_episodes=0)"
@@ -449,13 +571,16 @@ def train(cfg: Config, resume: str | None) -> int:
     print(f"env steps/s:       {steps / max(wall, 1e-9):.1f}")
     print(f"final eval return: {final}")
     print(f"run folder:        {logdir}")
-    if progress.skipped_updates or progress.nonfinite_actions or progress.nonfinite_obs:
+    if world.distributed:
+        print(f"ranks:             {world.size} ({env.num_envs} envs each)")
+    actions, observations = int(faults["nonfinite_actions"]), int(faults["nonfinite_obs"])
+    if progress.skipped_updates or actions or observations:
         print(
-            f"non-finite values: {progress.skipped_updates} updates skipped, {progress.nonfinite_actions} "
-            f"actions and {progress.nonfinite_obs} observations replaced"
+            f"non-finite values: {progress.skipped_updates} updates skipped, {actions} "
+            f"actions and {observations} observations replaced"
         )
-    if progress.env_restarts:
-        print(f"env restarts:      {progress.env_restarts}")
+    if faults["env_restarts"]:
+        print(f"env restarts:      {int(faults['env_restarts'])}")
     return 0
 
 
@@ -617,22 +742,55 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**30)
 
 
+def check_resume(cfg: Config, checkpoint: str, world: World) -> None:
+    """Refuse to resume `checkpoint` with another world size, or with no env steps left to take."""
+    progress, loop = load_loop_state(checkpoint)
+    check_world_size(checkpoint, loop, world.size)
+    if progress.env_steps >= cfg.train.steps:
+        raise RunError(
+            f"the run in '{cfg.logdir}' already took train.steps={cfg.train.steps} env steps; "
+            f"continue it with a larger budget, e.g. train.steps={2 * cfg.train.steps}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
+    world, joined = SINGLE, False
+
+    def report(err: BaseException) -> None:
+        # What fails before the ranks join fails alike on all of them (flags, config, run folder):
+        # rank 0 says it. After that, every rank reports what went wrong on it.
+        if world.main:
+            print(f"error: {err}", file=sys.stderr)
+        elif joined:
+            print(f"error: rank {world.rank}: {err}", file=sys.stderr)
+        else:
+            time.sleep(QUIET_EXIT_DELAY_S)  # torchrun stops all ranks once one exits: rank 0 first
+
     try:
+        world = World.from_env()  # torchrun's variables; a single process without them
         args = parse_args(argv)
         if args.eval_only:
+            if world.distributed:
+                raise RunError("--eval-only runs in one process: start it with python, not torchrun")
             return eval_only(args.eval_only, args.overrides, args.logdir, args.seed)
         cfg = build_config(args)
-        if args.resume:
-            return train(cfg, resume=find_checkpoint(args.resume))
-        check_new_logdir(cfg.logdir)
-        return train(cfg, resume=None)
+        device = resolve_device(cfg, world)
+        resume = find_checkpoint(args.resume) if args.resume else None
+        if resume:
+            check_resume(cfg, resume, world)
+        else:
+            check_new_logdir(cfg.logdir)  # on every rank before any rank writes into it
+        world, joined = world.start(device), True
+        status = train(cfg, resume, world, device)
+        # Only after a clean end: leaving a group whose peers are gone can block (NCCL).
+        world.close()
+        return status
     except (*USER_ERRORS, NonFiniteError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        report(err)
         return EXIT_ERROR
-    except EnvWorkerError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (EnvWorkerError, RankLostError) as err:
+        report(err)
         return EXIT_FAULT
     except KeyboardInterrupt:
         print("interrupted; the run folder keeps its last complete checkpoint", file=sys.stderr)

@@ -22,7 +22,7 @@ model rather than of the one that acted.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,9 @@ class Agent:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast_context(self.precision, self.device)
         self.world_model.autocast = self.actor_critic.autocast = self.autocast
+        # Data-parallel training (agent/distributed.py) sets the mean over ranks here, so that
+        # every rank logs, and checks for non-finite values, the metrics of the whole batch.
+        self.reduce_metrics: Callable[[Mapping[str, float]], dict[str, float]] = dict
         self.updates = 0
 
     # ----- acting ----------------------------------------------------------------------------
@@ -217,7 +220,8 @@ class Agent:
 
         Returns:
             metrics: floats, `wm/...` from the world model and `actor/`, `critic/`, `return/`,
-                `adv/`, `imag/` from the actor-critic.
+                `adv/`, `imag/` from the actor-critic (in data-parallel training, their means
+                over the ranks: `reduce_metrics`).
             states: with replay context, the posterior of every step as `replay_state` stores it,
                 `state/<name>` -> (B, T, ...) float32 numpy (`state/action` the batch's action),
                 for `SequenceReplay.update_state(batch["start/stream"], batch["start/index"],
@@ -242,7 +246,7 @@ class Agent:
             start_cont = start_cont[keep]
         metrics.update(self.actor_critic.update(self.world_model, starts, start_cont))
         self.updates += 1
-        return metrics, states
+        return self.reduce_metrics(metrics), states
 
     # ----- checkpoints -----------------------------------------------------------------------------
 

@@ -3,21 +3,28 @@
     save_checkpoint(logdir, cfg, agent, replay, progress, rng)   # logdir/checkpoint/, complete or absent
     checkpoint = find_checkpoint(path)                           # a checkpoint, or a run folder's latest
     progress, loop = load_loop_state(checkpoint)                 # verifies it; counters seed the envs
+    check_world_size(checkpoint, loop, world.size)               # saved by as many ranks as resume it
     restore_checkpoint(checkpoint, loop, agent, replay, rng)     # weights, replay, RNG states
 
 A checkpoint is a folder:
 
     agent.pt      `Agent.state_dict()`: networks, optimisers, return normaliser
     loop.pt       {"progress": `Progress` as a dict, "rng": torch / Python (/ CUDA) RNG states,
-                   "numpy": the state of the loop's numpy Generator}
+                   "numpy": the state of the loop's numpy Generator, "world_size": the ranks that
+                   saved it (1 for one process; absent from older checkpoints, meaning 1)}
     replay/       `SequenceReplay.save`: the replay buffer, in chunk files that never change; its
                   index replay.json holds each chunk file's sha256
     config.yaml   the config the weights were built from
+    rank<k>/      data-parallel runs (agent/distributed.py), one per rank k >= 1: that rank's own
+                  loop.pt (its counters and RNG states) and replay/; rank 0's are those above,
+                  and agent.pt and config.yaml, the same on every rank, are written by rank 0 only
     digests.json  {"format": 1, "sha256": {relative path: hex digest}} of agent.pt, loop.pt,
-                  config.yaml and replay/replay.json, written last
+                  config.yaml and replay/replay.json, and of every rank<k>/loop.pt and
+                  rank<k>/replay/replay.json, written last
 
 A run folder keeps the last two checkpoints: `checkpoint` and the one before, `checkpoint.prev`.
-A save writes `checkpoint.tmp`, fsyncs it, then rotates with renames (`checkpoint.prev` to
+A save writes `checkpoint.tmp` (in a data-parallel run, every rank its part, then rank 0 the
+digests once all are done), fsyncs it, then rotates with renames (`checkpoint.prev` to
 `checkpoint.old`, `checkpoint` to `checkpoint.prev`, `checkpoint.tmp` to `checkpoint`, then
 `checkpoint.old` is deleted), so a crash at any moment leaves at least one complete checkpoint
 and the next save puts the names back in order. Replay chunks already saved are hard-linked from
@@ -25,7 +32,9 @@ the previous checkpoint, so each save writes only what is new (the two checkpoin
 files). Loading checks every file against its digest first and refuses a mismatch, naming the
 file and the earlier checkpoint that is intact, if any; a checkpoint without digests.json (written
 before digests) loads unverified. Weights are never saved, nor loaded, with a non-finite value.
-Files are read with `weights_only=True`: tensors and plain containers only.
+Files are read with `weights_only=True`: tensors and plain containers only. A data-parallel run
+resumes only with the world size that saved it (each rank continues its own replay and RNG
+streams); the run folder must be on a filesystem that every rank's machine sees.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 from typing import Any
 
@@ -41,6 +51,7 @@ import numpy as np
 import torch
 
 from agent.agent import Agent
+from agent.distributed import SINGLE, World
 from agent.guards import NonFiniteError, nonfinite_tensors
 from configs import Config, save_config
 from replay import ReplayLoadError, SequenceReplay
@@ -55,6 +66,8 @@ NAMES = (CHECKPOINT, PREVIOUS, _OLD)
 MANIFEST = "digests.json"
 _MANIFEST_FORMAT = 1
 _DIGESTED = ("agent.pt", "loop.pt", "config.yaml", os.path.join("replay", INDEX_NAME))
+_RANK_PARTS = ("loop.pt", os.path.join("replay", INDEX_NAME))  # of each rank<k>/ of a data-parallel run
+_RANK_RE = re.compile(r"rank([1-9][0-9]*)")
 
 
 class CheckpointError(Exception):
@@ -95,6 +108,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def rank_dir(checkpoint: str, rank: int) -> str:
+    """The folder of `checkpoint` that holds rank `rank`'s loop.pt and replay/: itself for rank 0."""
+    return checkpoint if rank == 0 else os.path.join(checkpoint, f"rank{rank}")
+
+
+def _rank_dirs(checkpoint: str) -> list[str]:
+    """Every rank's folder in `checkpoint`, rank 0's (the checkpoint itself) first."""
+    names = os.listdir(checkpoint) if os.path.isdir(checkpoint) else []
+    ranks = sorted(int(m.group(1)) for m in map(_RANK_RE.fullmatch, names) if m)
+    return [rank_dir(checkpoint, rank) for rank in [0, *ranks]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving
 
@@ -128,8 +153,9 @@ def _link_tree(src: str, dst: str) -> None:
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
-def _write_manifest(directory: str) -> None:
-    digests = {name: file_sha256(os.path.join(directory, name)) for name in _DIGESTED}
+def _write_manifest(directory: str, world_size: int) -> None:
+    ranks = [os.path.join(f"rank{k}", name) for k in range(1, world_size) for name in _RANK_PARTS]
+    digests = {name: file_sha256(os.path.join(directory, name)) for name in (*_DIGESTED, *ranks)}
     path = os.path.join(directory, MANIFEST)
     with open(path, "w") as f:
         json.dump({"format": _MANIFEST_FORMAT, "sha256": digests}, f, indent=1)
@@ -158,31 +184,48 @@ def save_checkpoint(
     replay: SequenceReplay,
     progress: Progress,
     rng: np.random.Generator,
+    world: World = SINGLE,
 ) -> None:
     """Write `logdir/checkpoint`: weights and optimisers, counters, RNG states, replay, config.
 
     Everything goes into `checkpoint.tmp` with its digests, is fsynced, then rotated into place;
     the previous checkpoint stays as `checkpoint.prev` (unless it no longer matches its digests).
+    In a data-parallel run every rank calls this at the same step and writes its own replay and
+    loop state (`rank_dir`); rank 0 writes the rest and, once every rank is done, rotates.
 
     Raises:
-        NonFiniteError: a weight or optimiser state is non-finite; nothing is written.
+        NonFiniteError: a weight or optimiser state is non-finite; nothing is written. The ranks'
+            weights are equal, so all of them raise it.
     """
     state = agent.state_dict()
     bad = nonfinite_tensors(state)
     if bad:
         raise NonFiniteError(f"not saving a checkpoint: non-finite values in {', '.join(bad[:4])}")
     final, prev, old, tmp = (os.path.join(logdir, name) for name in (CHECKPOINT, PREVIOUS, _OLD, _TMP))
-    _settle(logdir)
-    if os.path.isdir(os.path.join(final, "replay")):
-        _link_tree(os.path.join(final, "replay"), os.path.join(tmp, "replay"))
+    if world.main:
+        _settle(logdir)
+    world.barrier()  # checkpoint.tmp is empty and the names are in order before any rank writes
+    own_final, own = rank_dir(final, world.rank), rank_dir(tmp, world.rank)
+    if os.path.isdir(os.path.join(own_final, "replay")):
+        _link_tree(os.path.join(own_final, "replay"), os.path.join(own, "replay"))
     # The replay saves to the same `tmp` path every time, so it recognises its earlier chunks there.
-    replay.save(os.path.join(tmp, "replay"))
+    replay.save(os.path.join(own, "replay"))
+    loop = {
+        "progress": dataclasses.asdict(progress),
+        "rng": rng_states(),
+        "numpy": rng.bit_generator.state,
+        "world_size": world.size,
+    }
+    _torch_save(loop, os.path.join(own, "loop.pt"))
+    _fsync(own)
+    world.barrier()  # every rank's part is written
+    if not world.main:
+        world.barrier()  # rank 0 rotates
+        return
     _torch_save(state, os.path.join(tmp, "agent.pt"))
-    loop = {"progress": dataclasses.asdict(progress), "rng": rng_states(), "numpy": rng.bit_generator.state}
-    _torch_save(loop, os.path.join(tmp, "loop.pt"))
     save_config(cfg, os.path.join(tmp, "config.yaml"))
     _fsync(os.path.join(tmp, "config.yaml"))
-    _write_manifest(tmp)
+    _write_manifest(tmp, world.size)
     _fsync(tmp)
     if os.path.isdir(final):
         if _mismatch(final) is None:
@@ -195,6 +238,7 @@ def save_checkpoint(
     os.replace(tmp, final)
     _fsync(logdir)
     shutil.rmtree(old, ignore_errors=True)
+    world.barrier()  # the new checkpoint is in place before any rank goes on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +273,8 @@ def _mismatch(checkpoint: str) -> str | None:
         assert isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         return f"checkpoint file '{path}' is unreadable or corrupt"
-    for name in _DIGESTED:
+    # The files every checkpoint has, then those of the other ranks of a data-parallel run.
+    for name in dict.fromkeys([*_DIGESTED, *sorted(digests)]):
         file = os.path.join(checkpoint, name)
         if name not in digests:
             return f"checkpoint file '{path}' has no digest of {name}"
@@ -245,7 +290,8 @@ def _intact(checkpoint: str) -> int | None:
     if not _complete(checkpoint) or _mismatch(checkpoint) is not None:
         return None
     try:
-        verify_snapshot(os.path.join(checkpoint, "replay"))
+        for directory in _rank_dirs(checkpoint):
+            verify_snapshot(os.path.join(directory, "replay"))
         return int(_torch_load(os.path.join(checkpoint, "loop.pt"))["progress"]["env_steps"])
     except (ReplayLoadError, CheckpointError, KeyError, TypeError, ValueError):
         return None
@@ -313,11 +359,35 @@ def load_weights(checkpoint: str, agent: Agent) -> None:
         ) from None
 
 
-def load_loop_state(checkpoint: str) -> tuple[Progress, dict[str, Any]]:
-    """Verify `checkpoint` (`verify_checkpoint`), then read its counters and RNG states: its
-    `Progress` and the whole of `loop.pt`."""
+def check_world_size(checkpoint: str, loop: dict[str, Any], world_size: int) -> None:
+    """Refuse to resume `checkpoint` (whose loop.pt `loop` is, from `load_loop_state`) with another
+    number of ranks than saved it: each rank goes on with its own replay and RNG streams.
+
+    Raises:
+        CheckpointError: one line with the world size to resume it with.
+    """
+    saved = int(loop.get("world_size", 1))
+    if saved == world_size:
+        return
+    how = (
+        f"with torchrun and {saved} ranks (e.g. --nproc_per_node={saved})"
+        if saved > 1
+        else "without torchrun"
+    )
+    raise CheckpointError(
+        f"checkpoint '{checkpoint}' was saved by {saved} rank(s) and this run has {world_size}: "
+        f"resume it {how}"
+    )
+
+
+def load_loop_state(checkpoint: str, rank: int = 0) -> tuple[Progress, dict[str, Any]]:
+    """Verify `checkpoint` (`verify_checkpoint`), then read rank `rank`'s counters and RNG states:
+    its `Progress` and the whole of its loop.pt."""
     verify_checkpoint(checkpoint)
-    loop = _torch_load(os.path.join(checkpoint, "loop.pt"))
+    path = os.path.join(rank_dir(checkpoint, rank), "loop.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file '{path}' is missing")
+    loop = _torch_load(path)
     try:
         return Progress(**loop["progress"]), loop
     except (KeyError, TypeError) as err:
@@ -327,15 +397,21 @@ def load_loop_state(checkpoint: str) -> tuple[Progress, dict[str, Any]]:
 
 
 def restore_checkpoint(
-    checkpoint: str, loop: dict[str, Any], agent: Agent, replay: SequenceReplay, rng: np.random.Generator
+    checkpoint: str,
+    loop: dict[str, Any],
+    agent: Agent,
+    replay: SequenceReplay,
+    rng: np.random.Generator,
+    rank: int = 0,
 ) -> None:
-    """Put a run back where `checkpoint` left it: weights, replay, and the RNG states of `loop`.
+    """Put a run (or rank `rank` of one) back where `checkpoint` left it: weights, its replay,
+    and the RNG states of `loop`.
 
-    `loop` is what `load_loop_state` returned; the counters in it are the caller's to keep.
+    `loop` is what `load_loop_state` returned for that rank; the counters in it are the caller's.
     """
     load_weights(checkpoint, agent)
     try:
-        replay.load(os.path.join(checkpoint, "replay"))
+        replay.load(os.path.join(rank_dir(checkpoint, rank), "replay"))
     except ReplayLoadError as err:
         raise CheckpointError(f"{err}; {_earlier(checkpoint)}") from None
     set_rng_states(loop["rng"])

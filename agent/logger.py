@@ -16,11 +16,14 @@ metrics.jsonl, one JSON object per line and per log event:
     {"step": 60, "wm/total_loss": 11.2, ..., "episode/return": -0.75, "episode/length": 51.0, ...}
     {"step": 60, "eval/return": -0.625, "eval/length": 51.0}
     {"step": 60, "event": "resume", "replay_steps": 60}
+    {"step": 0, "event": "start", "world_size": 2}        (data-parallel runs only)
 
   Scalar lines hold float values: training means since the previous log (`episode/*`, `wm/*`,
   `actor/*`, `critic/*`, `perf/*`, `replay/*`), or an evaluation's mean over its episodes
   (`eval/return`, `eval/length`; `eval/episodes` too from `--eval-only`). Non-scalar events
-  (`"event": ...`) have other fields.
+  (`"event": ...`) have other fields. A data-parallel run (agent/distributed.py) records its
+  number of ranks, `world_size`, in its `start` and `resume` events; its `replay/steps` and fault
+  counters are totals over the ranks, its losses means over them.
 
 episodes.jsonl, one line per finished training episode, in the order they finished:
 
@@ -29,8 +32,10 @@ episodes.jsonl, one line per finished training episode, in the order they finish
   `step` (int): env steps over all training envs when the episode's last step arrived (a multiple
   of the number of training envs);
   `return` (float): the sum of its rewards; `length` (int): the actions it took (its steps after
-  the first); `env` (int): the index of the training env that ran it. Episodes of the random
-  prefill count too; evaluation episodes are not here (they are `eval/*` in metrics.jsonl).
+  the first); `env` (int): the index of the training env that ran it (rank k's env i is
+  k·env.num_envs + i in a data-parallel run, whose rank 0 writes every rank's episodes, in order
+  of `step` and `env`, when it logs or saves). Episodes of the random prefill count too;
+  evaluation episodes are not here (they are `eval/*` in metrics.jsonl).
 
 Both files are append-only and flushed after every line, so they can be read while the run goes
 on, and a resumed run appends to them. A run stopped by Ctrl-C saves a checkpoint at its last
@@ -160,6 +165,32 @@ class Logger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class NullLogger(Logger):
+    """The logger of ranks other than 0 in a data-parallel run: it writes nothing (rank 0 writes
+    the run's logs, with every rank's episodes and the metrics of the whole batch)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def event(self, step: int, **fields: Any) -> None:
+        pass
+
+    def text(self, tag: str, text: str) -> None:
+        pass
+
+    def episode(self, step: int, env: int, ret: float, length: int) -> None:
+        pass
+
+    def video(self, step: int, tag: str, frames: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def open_loop_video(agent: Agent, replay: SequenceReplay, seq_len: int) -> torch.Tensor:
