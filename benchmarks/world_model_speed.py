@@ -15,8 +15,10 @@ actions, 1% resets:
   `torch.cuda.max_memory_allocated`);
 - FLOP/s: matmul and convolution FLOPs of one update, counted by
   `torch.utils.flop_counter.FlopCounterMode` (elementwise work, the SSM scan included, is not
-  counted), divided by the update time, against the peak measured in the same run by timing a
-  2048 x 2048 float32 matmul.
+  counted), divided by the update time, as a fraction (`%peak`) of the matmul peak of the
+  precision in use (`--precision`): the best of 20 (1024 x 1536) @ (1536 x 512) matmuls, timed
+  in the same run at the same thread count in float32 and in bfloat16, before the workers and
+  again after them (`matmul_peaks`; where other jobs share the CPU, a burst of theirs slows one).
 
 Parameter matching: model widths come from a size preset (`cpu` by default). The S3M keeps them;
 the RSSM's GRU width `model.hidden` is chosen by bisection so that its total parameter count
@@ -33,6 +35,7 @@ fit in 60% of the memory available now are skipped with a note rather than riski
     python benchmarks/world_model_speed.py                  # a table
     python benchmarks/world_model_speed.py --json           # one JSON object
     python benchmarks/world_model_speed.py --T 64 256 --obs vector --preset small --threads 1
+    python benchmarks/world_model_speed.py --T 64 --obs vector --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.precision import autocast_context  # noqa: E402
 from configs import load_config  # noqa: E402
 from world_model import RSSM, S3M, WorldModel  # noqa: E402
 
@@ -152,6 +156,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model = build(spec["model"], spec["obs"], spec["preset"], spec.get("rssm_hidden"))
+    model.autocast = autocast_context(spec["precision"], torch.device("cpu"))
     batch = make_batch(spec["obs"], spec["B"], spec["T"])
 
     # A tiny update first takes the one-time costs (thread pools, kernel and autograd set-up,
@@ -213,16 +218,40 @@ def run_worker(spec: dict[str, Any], malloc_tuning: bool) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of the best of `repeats` float32 (n x n) @ (n x n) matmuls (2 n^3 FLOPs each)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+# The peak's matmul: big enough to reach the BLAS kernels' steady state, small enough (a few ms
+# per rep on one core) to time in every run rather than quote from a spec sheet.
+PEAK_SHAPE = (1024, 1536, 512)  # (m, k, n): (m x k) @ (k x n), 2 m k n FLOPs
+PEAK_DTYPES = {"32": torch.float32, "bf16-mixed": torch.bfloat16}  # precision -> its matmuls' dtype
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 20) -> float:
+    """FLOP/s of the best of `repeats` `PEAK_SHAPE` matmuls in `dtype`, at torch's thread count now."""
+    m, k, n = PEAK_SHAPE
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    torch.mm(a, b)  # warm-up: packing buffers, the BLAS's thread pool
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best
+    return 2.0 * m * k * n / best
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def matmul_peaks(earlier: dict[str, float] | None = None) -> dict[str, float]:
+    """The matmul peak of each precision's dtype, by name: {"float32": ..., "bfloat16": ...}; with
+    `earlier` (a measurement from the same run), the higher of the two for each."""
+    earlier = earlier or {}
+    peaks = {dtype_name(dtype): matmul_peak_flops(dtype) for dtype in PEAK_DTYPES.values()}
+    return {name: max(flops, earlier.get(name, 0.0)) for name, flops in peaks.items()}
+
+
+def peak_for(peaks: dict[str, float], precision: str) -> float:
+    """The entry of `matmul_peaks()` for a resolved precision (`32` or `bf16-mixed`)."""
+    return peaks[dtype_name(PEAK_DTYPES[precision])]
 
 
 def available_mib() -> float:
@@ -245,6 +274,12 @@ def main() -> None:
     parser.add_argument("--obs", nargs="+", default=["vector", "image"], choices=sorted(OBS_SPACES))
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument(
+        "--precision",
+        default="32",
+        choices=sorted(PEAK_DTYPES),
+        help="the models' forward passes: float32, or autocast to bfloat16 as a run's bf16-mixed",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per worker (0: torch's default)"
     )
     parser.add_argument(
@@ -259,7 +294,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = matmul_peak_flops()
+    peaks = matmul_peaks()
     rows, notes = [], []
     for obs in args.obs:
         rssm_hidden, _, _ = match_rssm_hidden(obs, args.preset)
@@ -276,7 +311,7 @@ def main() -> None:
                 continue
             repeats = 5 if T <= 64 else 3 if T <= 256 else 1  # the best of a few; one at 1024
             common = {"obs": obs, "T": T, "B": args.B, "preset": args.preset, "repeats": repeats}
-            common.update(horizon=args.horizon, threads=args.threads)
+            common.update(horizon=args.horizon, threads=args.threads, precision=args.precision)
             s3m = run_worker({**common, "model": "s3m"}, not args.no_malloc_tuning)
             rssm = run_worker(
                 {**common, "model": "rssm", "rssm_hidden": rssm_hidden}, not args.no_malloc_tuning
@@ -300,12 +335,20 @@ def main() -> None:
                     "s3m_update_flops": s3m["update_flops"],
                     "rssm_update_flops": rssm["update_flops"],
                     "s3m_update_flops_per_s": s3m["update_flops"] / s3m["update_s"],
-                    "s3m_fraction_of_peak": s3m["update_flops"] / s3m["update_s"] / peak,
+                    "rssm_update_flops_per_s": rssm["update_flops"] / rssm["update_s"],
                 }
             )
 
+    peaks = matmul_peaks(peaks)
+    peak = peak_for(peaks, args.precision)
+    for row in rows:
+        for kind in ("s3m", "rssm"):
+            row[f"{kind}_fraction_of_peak"] = row[f"{kind}_update_flops_per_s"] / peak
     result = {
-        "matmul_peak_flops_per_s": peak,
+        "matmul_peak_flops_per_s": peak,  # of the precision in use
+        "matmul_peaks_flops_per_s": peaks,  # dtype name -> peak
+        "peak_matmul_shape": list(PEAK_SHAPE),
+        "precision": args.precision,
         "preset": args.preset,
         "B": args.B,
         "threads": torch.get_num_threads(),
@@ -320,14 +363,19 @@ def main() -> None:
         return
     print(
         f"world-model speed, preset {args.preset!r}, B={args.B}, horizon {args.horizon}, "
-        f"{torch.get_num_threads()} threads, malloc tuning {'off' if args.no_malloc_tuning else 'on'}; "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"{torch.get_num_threads()} threads, malloc tuning {'off' if args.no_malloc_tuning else 'on'}, "
+        f"precision {args.precision}"
+    )
+    m, k, n = PEAK_SHAPE
+    print(
+        f"matmul peak ({m}x{k} @ {k}x{n}): {peaks['float32'] / 1e9:.1f} GFLOP/s float32, "
+        f"{peaks['bfloat16'] / 1e9:.1f} bfloat16; %peak is against the {args.precision} one"
     )
     print("RSSM GRU width chosen to match the S3M parameter count; ratio > 1 means the S3M is faster")
     header = (
         f"{'obs':>6} {'T':>5} {'params s3m/rssm':>17} {'update s3m':>11} {'rssm':>9} {'ratio':>6} "
         f"{'imag/s s3m':>11} {'rssm':>9} {'ratio':>6} {'mem MiB s3m':>12} {'rssm':>7} {'s3m GFLOP/s':>12} "
-        f"{'%peak':>6}"
+        f"{'%peak':>6} {'rssm GFLOP/s':>13} {'%peak':>6}"
     )
     print(header)
     for r in rows:
@@ -336,7 +384,8 @@ def main() -> None:
             f"{r['s3m_update_s']:>10.3f}s {r['rssm_update_s']:>8.3f}s {r['update_ratio']:>5.1f}x "
             f"{r['s3m_imagine_steps_per_s']:>11.3g} {r['rssm_imagine_steps_per_s']:>9.3g} "
             f"{r['imagine_ratio']:>5.2f}x {r['s3m_peak_mem_mib']:>12.0f} {r['rssm_peak_mem_mib']:>7.0f} "
-            f"{r['s3m_update_flops_per_s'] / 1e9:>12.1f} {100 * r['s3m_fraction_of_peak']:>5.1f}%"
+            f"{r['s3m_update_flops_per_s'] / 1e9:>12.1f} {100 * r['s3m_fraction_of_peak']:>5.1f}% "
+            f"{r['rssm_update_flops_per_s'] / 1e9:>13.1f} {100 * r['rssm_fraction_of_peak']:>5.1f}%"
         )
     widths = sorted({(r["obs"], r["rssm_hidden"]) for r in rows})
     cfg = load_config([args.preset])
