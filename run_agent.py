@@ -9,7 +9,7 @@ examples:
     python run_agent.py --eval-only runs/smoke/checkpoint     # evaluate saved weights
     torchrun --standalone --nproc_per_node=2 run_agent.py --preset debug --env gym:CartPole-v1
 
-The loop (DESIGN.md §6): N vectorised envs act with the agent's policy (the world model's step
+The loop (docs/design.md §6): N vectorised envs act with the agent's policy (the world model's step
 mode on a carried latent that resets per env at `is_first`); every step goes into the sequence
 replay, one stream per env; after `train.prefill` steps of random actions the agent trains on
 replayed (B, T) batches, `train.train_ratio` replayed steps per env step (DreamerV3). With

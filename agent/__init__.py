@@ -1,4 +1,4 @@
-"""The learner: `Agent` (acting and training), actor-critic in imagination, λ-returns (DESIGN.md §4)."""
+"""The learner: `Agent` (acting and training), actor-critic in imagination, λ-returns (docs/design.md §4)."""
 
 from agent.actor_critic import ActorCritic
 from agent.agent import Agent, build_world_model

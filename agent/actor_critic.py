@@ -1,9 +1,9 @@
 """Actor-critic learning in imagination (DreamerV3 `ImagActorCritic` + `VFunction`, as R2I uses it).
 
-One update (DESIGN.md §4):
+One update (docs/design.md §4):
 
-1. Imagine H steps from every start state (B·T posterior states, flattened) with the actor, which
-   reads sg(features): `world_model.imagine` gives states 0..H and the action taken at each.
+1. Imagine H steps from every start state (B·T posterior states flattened, or a random
+   `agent.imag_starts` of them) with the actor, which reads sg(features): `world_model.imagine` gives states 0..H and the action taken at each.
 2. Rewards r_t and continuations c_t of the imagined states 1..H from the world model's heads; c_0
    is 1 - is_terminal of the start step. Continuations are the continue head's mode, as DreamerV3
    (`heads['cont'](traj).mode()`). Weights w_t = Π_{k≤t} γ c_k / γ (so w_0 = c_0) discount the
@@ -16,7 +16,7 @@ One update (DESIGN.md §4):
 5. Critic: two-hot NLL of sg(R_t) plus `slow_critic_reg` × NLL of the slow critic's value, on
    detached features, weighted by w_t; then the slow critic moves by `slow_critic_fraction`.
 
-Imagination is the hot path on a CPU (DESIGN.md §4). With REINFORCE the world model runs under
+Imagination is the hot path on a CPU (docs/design.md §4). With REINFORCE the world model runs under
 `torch.no_grad()`; only the actor's per-step distribution keeps a graph (to the actor's parameters,
 on detached features), and the actor loss reuses it rather than running the actor again. One critic
 pass with a graph serves both the returns (detached) and the critic loss. Dynamics backprop needs

@@ -5,12 +5,12 @@
     metrics = agent.train(replay.sample(B, T))         # world model, then actor-critic
     metrics, states = agent.train_with_states(batch)   # the same, plus fresh replay-context states
 
-Acting runs the world model's step mode on the carried latent state (DESIGN.md §6): per-env
+Acting runs the world model's step mode on the carried latent state (docs/design.md §6): per-env
 resets come from `is_first`, and `state["action"]` holds the action just chosen, which the next
 step reads as a_{t-1}. Training updates the world model on the (B, T) batch, then the
-actor-critic from all B·T posterior states (R2I / DreamerV3).
+actor-critic from the B·T posterior states (R2I / DreamerV3), or a random `agent.imag_starts` of them.
 
-Replay context (DESIGN.md §5, DreamerV3): with `replay.store_state`, the loop stores
+Replay context (docs/design.md §5, DreamerV3): with `replay.store_state`, the loop stores
 `replay_state(state)` with every step; a sampled batch then holds `start/<name>` (the stored latent
 of the step before each sequence) and `start/valid`, from which `train` builds the world model's
 initial state instead of starting from scratch. `train_with_states` also returns the posterior of

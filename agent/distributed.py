@@ -166,6 +166,15 @@ class World:
             dist.all_reduce(buffer)
         return buffer.tolist()
 
+    def max(self, value: Tensor) -> Tensor:
+        """The max of a () tensor over the ranks (a new tensor; `value` itself at size 1)."""
+        if not self.distributed:
+            return value
+        value = value.detach().clone()
+        with _collective("a max"):
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
     def mean(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Each metric's mean over the ranks; every rank passes the same keys. A non-finite value
         on any rank makes that metric's mean non-finite."""
@@ -312,4 +321,5 @@ def data_parallel(agent: Agent, world: World) -> GradientAverager | None:
     sets = [[p for group in opt.param_groups for p in group["params"]] for opt in optimizers]
     averager = GradientAverager(world, sets)
     agent.reduce_metrics = world.mean
+    agent.world_model.reduce_max = world.max  # the reward unit (model.reward_norm) of all batches
     return averager

@@ -1,4 +1,4 @@
-"""λ-returns over imagined trajectories and their percentile normalisation (DreamerV3, DESIGN.md §4).
+"""λ-returns over imagined trajectories and their percentile normalisation (DreamerV3, docs/design.md §4).
 
 λ-return (DreamerV3 eq. 7, the recursion of `VFunction.score` in the 2023 code), for t < H:
 

@@ -107,10 +107,10 @@ def popgym_memory(task: str, goal: float | None, steps: int = 100_000) -> Target
 
 TARGETS: dict[str, Target] = {
     # R2I keeps success about 0.95 up to 50 memory steps where DreamerV3 collapses after about 20
-    # (DESIGN.md §7); memory_len/15 is memory length 30.
+    # (docs/design.md §7); memory_len/15 is memory length 30.
     "bsuite_memory_len_30": bsuite_memory(15, seeds=(0, 1)),
     # The memory sweep: R2I still reports about 0.95 at length 50, where DreamerV3 has collapsed
-    # (DESIGN.md §7); memory_len/17 is length 50 and memory_len/22 length 100.
+    # (docs/design.md §7); memory_len/17 is length 50 and memory_len/22 length 100.
     "bsuite_memory_len_50": bsuite_memory(17),
     # Episodes of length 100 take 101 steps, so 100k steps hold about 990 of them: the last 1000
     # would be the whole run, prefill included. The last 500 are its second half, the share of the
@@ -139,7 +139,7 @@ TARGETS: dict[str, Target] = {
         ),
         seeds=(0,),
     ),
-    # R2I reaches 0.81 here, DreamerV3 0.10 (DESIGN.md §7).
+    # R2I reaches 0.81 here, DreamerV3 0.10 (docs/design.md §7).
     "popgym_repeat_previous_easy": Target(
         env="popgym:RepeatPreviousEasy",
         variants=("s3m:hidden", "rssm"),

@@ -4,7 +4,7 @@ The dataclasses here are the source of truth. YAML presets in `configs/presets/`
 command-line overrides (`agent.horizon=10`) are merged on top of them by `configs.loader`, which
 rejects unknown keys and badly typed values with a one-line error naming the key.
 
-Defaults follow R2I / DreamerV3 (see DESIGN.md §3, §4, §7) unless a comment says otherwise.
+Defaults follow R2I / DreamerV3 (see docs/design.md §3, §4, §7) unless a comment says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "32", "bf16-mixed"),
     "model.reward_head": ("twohot", "symlog_mse"),
+    "model.reward_norm": ("none", "max"),
     "s3m.discretization": ("bilinear", "zoh"),
     "s3m.bc_init": ("r2i", "unit"),
     "s3m.scan": ("auto", "chunked", "associative", "loop"),
@@ -63,6 +64,9 @@ class ModelConfig:
     # which escapes the symmetric plateau of a +-1 reward far sooner (docs/results.md, Analysis)
     reward_head: str = "twohot"
     reward_bins: int = 255  # symlog two-hot bins of the reward head (twohot only)
+    # none: the head learns r (DV3); max: it learns r / σ, σ the largest |r| replayed so far, and
+    # imagination uses σ × its prediction: the same loss size for ±1 and POPGym's ±1/L steps
+    reward_norm: str = "none"
     dyn_scale: float = 0.5  # beta_dyn: weight of KL[sg(q) || p] (trains the prior)
     rep_scale: float = 0.1  # beta_rep: weight of KL[q || sg(p)] (trains the posterior)
     free_nats: float = 1.0  # free bits: KL terms are clipped below this many nats
@@ -72,13 +76,13 @@ class ModelConfig:
     cont_scale: float = 1.0  # weight of the continue loss
     lr: float = 1e-4  # Adam learning rate of the world model
     eps: float = 1e-8  # Adam epsilon
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of non-SSM parameters
-    grad_clip: float = 1000.0  # global gradient-norm clip
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of Linear/conv weight matrices outside the SSM
+    grad_clip: float = 1000.0  # gradient-norm clip, per set: all non-S5 parameters, then each S5 kind
 
 
 @dataclass
 class S3MConfig:
-    """The S5 stack of the S3M world model (DESIGN.md §3)."""
+    """The S5 stack of the S3M world model (docs/design.md §3)."""
 
     layers: int = 3  # K: SSM blocks in the stack
     width: int = 512  # H: input/output width of every SSM block (R2I `rssm.units`)
@@ -97,14 +101,14 @@ class S3MConfig:
 
 @dataclass
 class RSSMConfig:
-    """The DreamerV3 RSSM baseline (DESIGN.md §8); widths come from `model`."""
+    """The DreamerV3 RSSM baseline (docs/design.md §8); widths come from `model`."""
 
     gru_layer_norm: bool = True  # DV3's normalised GRU cell
 
 
 @dataclass
 class AgentConfig:
-    """Actor-critic learning in imagination (DESIGN.md §4)."""
+    """Actor-critic learning in imagination (docs/design.md §4)."""
 
     policy_input: str = "hidden"  # output=(z,h), hidden=(z,x), full=(z,h,x); RSSM always reads (z,h)
     horizon: int = 15  # imagination horizon H
@@ -134,7 +138,7 @@ class AgentConfig:
 
 @dataclass
 class TrainConfig:
-    """The online training loop (DESIGN.md §6)."""
+    """The online training loop (docs/design.md §6)."""
 
     steps: int = 50_000  # total env steps, over all training envs
     train_ratio: float = 64.0  # replayed steps per env step: one update every B*T/train_ratio env steps
@@ -142,7 +146,7 @@ class TrainConfig:
     seq_len: int = 64  # T: steps per sequence
     prefill: int = 1000  # env steps of random actions before the first update
     log_every: int = 1000  # env steps between logged scalars
-    eval_every: int = 10_000  # env steps between evaluations (0: never)
+    eval_every: int = 10_000  # env steps between evaluations (0: only the final one)
     eval_episodes: int = 10  # episodes per evaluation
     eval_sample: bool = False  # evaluate the sampled policy (DreamerV3's evaluation), not its mode
     checkpoint_every: int = 10_000  # env steps between checkpoints (and one at the end)

@@ -1,4 +1,4 @@
-"""Sequence replay: one FIFO stream per env, uniform sampling of (B, T) sequences (DESIGN.md §5).
+"""Sequence replay: one FIFO stream per env, uniform sampling of (B, T) sequences (docs/design.md §5).
 
 Every env writes its steps, as they happen, into its own ring buffer (a *stream*). A sample is T
 contiguous steps of one stream; it may cross episode boundaries, which `is_first` marks. With
@@ -36,7 +36,7 @@ class SequenceReplay:
     shapes. Values are stored in their own dtype (images stay uint8) except float64, which is stored
     as float32 to halve the memory.
 
-    Keys: whatever a step holds (DESIGN.md §2: `image`, `vector`, `action`, `reward`, `is_first`,
+    Keys: whatever a step holds (docs/design.md §2: `image`, `vector`, `action`, `reward`, `is_first`,
     `is_last`, `is_terminal`); `is_first` is required. Keys starting with `state/` are latent
     states: stored only when `store_state` is on (dropped otherwise) and never returned in the
     (B, T) batch.
@@ -45,7 +45,7 @@ class SequenceReplay:
     holds the steps `[added - stream_length, added)`.
 
     Stored state (`store_state=True`): add with each step `state/<name>`, the latent after
-    observing that step (e.g. `state/x` (N, K, P) complex64). `sample` then returns `start/<name>`,
+    observing that step (e.g. `state/x` (N, K, P, 2) float32, a complex state as real and imaginary parts). `sample` then returns `start/<name>`,
     the state of the step before each sequence, and `start/valid`; `is_first[:, 0]` is forced only
     where that step is gone. After every update the loop writes the posteriors it trained on back
     (DreamerV3's replay context) with `update_state(batch["start/stream"], batch["start/index"],
@@ -166,8 +166,8 @@ class SequenceReplay:
         Args:
             step: key -> value of shape `(N, ...)` (one step per stream), or `(...)` when `stream`
                 is given, e.g. `image` (N, h, w, c) uint8, `action` (N, A) float32, `reward` (N,)
-                float32, `is_first` / `is_last` / `is_terminal` (N,) bool, `state/x` (N, K, P)
-                complex64.
+                float32, `is_first` / `is_last` / `is_terminal` (N,) bool, `state/x` (N, K, P, 2)
+                float32.
             stream: the stream to append to; None appends to all N.
         """
         if stream is None:

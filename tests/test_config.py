@@ -130,7 +130,7 @@ def test_size_presets_set_the_same_size_keys():
         assert not {"env.name", "agent.policy_input"} & _flat_keys(_preset_yaml(size)), size
 
 
-# Reference settings per domain (DESIGN.md §7): K, P, H (the SSM width), train ratio, B, T, policy input.
+# Reference settings per domain (docs/design.md §7): K, P, H (the SSM width), train ratio, B, T, policy input.
 REFERENCE = {
     "memory_maze": (5, 512, 1024, 64, 4, 1024, "full"),
     "popgym": (5, 512, 1024, 64, 4, 1024, "hidden"),

@@ -52,7 +52,8 @@ RUN = [
 
 
 def make_agent(world_model: str) -> Agent:
-    cfg = load_config(["debug"], [f"world_model={world_model}", "precision=32"])
+    # reward_norm=max: the reward unit must be the max over both ranks' batches
+    cfg = load_config(["debug"], [f"world_model={world_model}", "precision=32", "model.reward_norm=max"])
     return Agent(cfg, OBS_SPACE, ACTION_DIM, True, "cpu")
 
 

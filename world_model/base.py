@@ -102,6 +102,8 @@ class WorldModel(nn.Module):
         }
         self.reward_head = reward_heads[cfg.reward_head]()
         self.cont_head = BernoulliHead(head_dim, cfg.units, cfg.head_layers)
+        # The largest |reward| replayed so far (`model.reward_norm=max`; 0 until one is nonzero).
+        self.register_buffer("reward_max", torch.zeros(()))
         self.opt: torch.optim.Optimizer | None = None
         self._clip_sets: list[list[nn.Parameter]] = []  # set with the optimiser (`make_optimizer`)
 
@@ -122,9 +124,26 @@ class WorldModel(nn.Module):
         """[h_t, z_t] (…, H + S·C): what the decoder, reward and continue heads read."""
         return torch.cat([state["h"], state["z"]], -1)
 
+    @property
+    def reward_unit(self) -> torch.Tensor:
+        """σ () float32: the reward head predicts r / σ. With `model.reward_norm=max`, σ is the
+        largest |r| replayed so far, so the reward loss has the size of a ±1 reward's whatever
+        unit the env pays in (a POPGym step pays ±1/L); 1 otherwise and before any reward."""
+        return torch.where(self.reward_max > 0, self.reward_max, torch.ones_like(self.reward_max))
+
+    def track_rewards(self, reward: torch.Tensor) -> None:
+        """Fold a replayed (B, T) `reward` into the running max behind `reward_unit`. Under data
+        parallelism `reduce_max` makes it the max over every rank's batch."""
+        if self.cfg.reward_norm == "max":
+            with torch.no_grad():
+                self.reward_max.copy_(torch.maximum(self.reward_max, self.reduce_max(reward.abs().max().float())))
+
+    # Max of a () tensor over the ranks; one process: the tensor (agent/distributed.py sets it).
+    reduce_max: Callable[[torch.Tensor], torch.Tensor] = staticmethod(lambda value: value)
+
     def reward(self, state: State) -> torch.Tensor:
-        """Predicted reward (…,) on arriving at `state`."""
-        return self.reward_head(self.head_features(state)).mean()
+        """Predicted reward (…,) on arriving at `state`, in the env's unit."""
+        return self.reward_head(self.head_features(state)).mean() * self.reward_unit
 
     def cont(self, state: State) -> torch.Tensor:
         """Predicted probability (…,) that the episode continues after `state`."""
@@ -135,7 +154,7 @@ class WorldModel(nn.Module):
         of the head features: imagination needs both on (H, N) states, and the features of 1024
         starts are a (H, N, H + S·C) copy each time."""
         feats = self.head_features(state)
-        reward = self.reward_head(feats).mean()
+        reward = self.reward_head(feats).mean() * self.reward_unit
         with torch.no_grad():  # the continue flags discount the returns; no gradient through them
             cont = self.cont_head(feats).mean
         return reward, cont
@@ -171,7 +190,8 @@ class WorldModel(nn.Module):
         feats = self.head_features(post)  # (B, T, H + S·C)
         nll = self.decoder.loss(feats, batch)
         reward_dist = self.reward_head(feats)
-        nll["reward"] = -reward_dist.log_prob(batch["reward"])
+        unit = self.reward_unit
+        nll["reward"] = -reward_dist.log_prob(batch["reward"] / unit)
         cont_target = (~batch["is_terminal"]).float()
         nll["cont"] = -self.cont_head(feats).log_prob(cont_target)
         scales = {"reward": cfg.reward_scale, "cont": cfg.cont_scale}
@@ -203,7 +223,8 @@ class WorldModel(nn.Module):
             metrics["wm/kl"] = kl_dyn.mean().item()
             metrics["wm/post_entropy"] = -(log_q.exp() * log_q).sum((-2, -1)).mean().item()
             metrics["wm/prior_entropy"] = -(log_p.exp() * log_p).sum((-2, -1)).mean().item()
-            metrics["wm/reward_mae"] = (reward_dist.mean() - batch["reward"]).abs().mean().item()
+            metrics["wm/reward_mae"] = (reward_dist.mean() * unit - batch["reward"]).abs().mean().item()
+            metrics["wm/reward_unit"] = unit.item()
         return post, losses, metrics, last_state
 
     def _optimizer_sets(self) -> tuple[list[nn.Parameter], list[nn.Parameter], dict[str, list[nn.Parameter]]]:
@@ -270,6 +291,7 @@ class WorldModel(nn.Module):
         if self.opt is None:
             self.opt = self.make_optimizer()
         self.opt.zero_grad(set_to_none=True)
+        self.track_rewards(batch["reward"])
         with self.autocast():
             post, losses, metrics, last_state = self.observe(batch, state)
         losses["total"].backward()

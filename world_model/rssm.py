@@ -1,4 +1,4 @@
-"""The RSSM world model of DreamerV3 (Hafner et al. 2023), the baseline of DESIGN.md §8.
+"""The RSSM world model of DreamerV3 (Hafner et al. 2023), the baseline of docs/design.md §8.
 
     e_t          = Encoder(o_t)
     u_t          = SiLU(LN(Linear([z_{t-1}, a_{t-1}])))     DV3 `img_in`

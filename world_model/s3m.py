@@ -1,4 +1,4 @@
-"""The S3M world model of R2I (DESIGN.md §3).
+"""The S3M world model of R2I (docs/design.md §3).
 
     e_t        = Encoder(o_t)
     q(z_t|o_t) = Cat(MLP(e_t))                          non-recurrent: all T steps at once

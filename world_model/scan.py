@@ -4,7 +4,7 @@
 
 with `lam` the discretised diagonal state matrix (P,) complex, `keep_t` = 0 where the sequence
 restarts (an episode's first step) and 1 elsewhere, `b_t` the input (B, T, P) complex. The reset
-value of the state is folded into `b_t` by the caller (DESIGN.md §3: at `is_first_t` the map is
+value of the state is folded into `b_t` by the caller (docs/design.md §3: at `is_first_t` the map is
 `x -> 0 * x + (lam * x_init + B u_t)`), so the recurrence itself stays the plain one and every
 implementation below computes the same numbers.
 

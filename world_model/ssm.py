@@ -1,4 +1,4 @@
-"""S5 layers and the stack of SSM blocks used by the S3M world model (DESIGN.md §3).
+"""S5 layers and the stack of SSM blocks used by the S3M world model (docs/design.md §3).
 
 Each layer has two modes that compute the same numbers:
 
