@@ -554,7 +554,7 @@ def train(cfg: Config, resume: str | None, world: World = SINGLE, device: torch.
                         f"saved a checkpoint at {progress.env_steps} env steps first: continue with "
                         f"{resume_hint}"
                     )
-                except Exception as save_err:  # noqa: BLE001 - report both, raise the first
+                except Exception as save_err:
                     where = f"could not save a checkpoint ({type(save_err).__name__}: {save_err})"
             if isinstance(err, (EnvWorkerError, RankLostError)):
                 raise type(err)(f"{err}; {where}") from None

@@ -3,7 +3,8 @@
 One update (docs/design.md §4):
 
 1. Imagine H steps from every start state (B·T posterior states flattened, or a random
-   `agent.imag_starts` of them) with the actor, which reads sg(features): `world_model.imagine` gives states 0..H and the action taken at each.
+   `agent.imag_starts` of them) with the actor, which reads sg(features): `world_model.imagine`
+   gives states 0..H and the action taken at each.
 2. Rewards r_t and continuations c_t of the imagined states 1..H from the world model's heads; c_0
    is 1 - is_terminal of the start step. Continuations are the continue head's mode, as DreamerV3
    (`heads['cont'](traj).mode()`). Weights w_t = Π_{k≤t} γ c_k / γ (so w_0 = c_0) discount the
@@ -108,7 +109,7 @@ class ActorCritic(nn.Module):
         self.critic = TwoHotHead(feature_dim, cfg.units, cfg.layers, cfg.critic_bins)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.retnorm = ReturnNormalizer(
-            cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high, cfg.return_norm_max
+            cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high, cfg.return_norm_floor
         )
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.eps)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.eps)

@@ -31,10 +31,9 @@ import torch
 from agent.actor_critic import ActorCritic
 from agent.precision import autocast_context, resolve_precision
 from configs.schema import Config
+from replay import START_PREFIX, STATE_PREFIX
 from world_model.base import ObsSpace, State, WorldModel, flatten_state, to_tensors
 
-STATE_PREFIX = "state/"  # keys the loop stores per step for replay context (replay.buffer's prefix)
-START_PREFIX = "start/"  # keys replay adds to a batch: the stored state before each sequence
 MODES = ("explore", "eval")
 OPTIMIZER_KEYS = ("world_model_opt", "actor_opt", "critic_opt")
 CHECKPOINT_KEYS = ("world_model", "world_model_opt", "actor_critic", "actor_opt", "critic_opt", "updates")

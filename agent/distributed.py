@@ -294,7 +294,7 @@ class SharedReturnNormalizer(ReturnNormalizer):
 
     def __init__(self, local: ReturnNormalizer, world: World) -> None:
         super().__init__()
-        self.decay, self.quantiles, self.max_scale = local.decay, local.quantiles, local.max_scale
+        self.decay, self.quantiles, self.min_scale = local.decay, local.quantiles, local.min_scale
         self.to(local.low.device)
         self.load_state_dict(local.state_dict())
         self.world = world

@@ -62,7 +62,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
 from agent.agent import Agent
-from replay import SequenceReplay
+from replay import START_PREFIX, SequenceReplay
 from world_model import to_tensors
 
 METRICS = "metrics.jsonl"
@@ -203,7 +203,7 @@ def open_loop_video(agent: Agent, replay: SequenceReplay, seq_len: int) -> torch
     """
     batch = replay.sample(VIDEO_SEQUENCES, seq_len)
     # Replay-context keys (start/...) have no time axis; open-loop starts from the initial state.
-    batch = {key: value for key, value in batch.items() if not key.startswith("start/")}
+    batch = {key: value for key, value in batch.items() if not key.startswith(START_PREFIX)}
     device = next(agent.world_model.parameters()).device
     with torch.no_grad():
         data = to_tensors(batch, device)

@@ -50,7 +50,7 @@ def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float,
 
 
 class ReturnNormalizer(nn.Module):
-    """EMA of the low and high return percentiles; `scale` = max(max_scale, high - low).
+    """EMA of the low and high return percentiles; `scale` = max(min_scale, high - low).
 
     DreamerV3 (`Moments` with impl `perc_ema`): both EMAs start at 0 and move by (1 - decay) of the
     batch percentile per update. The EMAs are buffers, so they travel with `state_dict`.
@@ -58,20 +58,20 @@ class ReturnNormalizer(nn.Module):
     Args:
         decay: EMA decay (0.99).
         low, high: percentiles in [0, 100] (5, 95).
-        max_scale: the smallest scale (1.0): returns spread over less than this are not scaled up.
+        min_scale: the smallest scale (1.0): returns spread over less than this are not scaled up.
     """
 
     low: Tensor
     high: Tensor
 
-    def __init__(self, decay: float = 0.99, low: float = 5.0, high: float = 95.0, max_scale: float = 1.0):
+    def __init__(self, decay: float = 0.99, low: float = 5.0, high: float = 95.0, min_scale: float = 1.0):
         super().__init__()
         assert 0.0 <= decay < 1.0, f"ReturnNormalizer: decay must be in [0, 1), got {decay}"
         assert 0.0 <= low < high <= 100.0, f"ReturnNormalizer: need 0 <= low < high <= 100, got {low}, {high}"
-        assert max_scale > 0.0, f"ReturnNormalizer: max_scale must be positive, got {max_scale}"
+        assert min_scale > 0.0, f"ReturnNormalizer: min_scale must be positive, got {min_scale}"
         self.decay = decay
         self.quantiles = (low / 100.0, high / 100.0)
-        self.max_scale = max_scale
+        self.min_scale = min_scale
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
 
@@ -86,5 +86,5 @@ class ReturnNormalizer(nn.Module):
         self.high.mul_(self.decay).add_((1.0 - self.decay) * high)
 
     def scale(self) -> Tensor:
-        """() float32: max(max_scale, high - low), without gradient."""
-        return torch.clamp(self.high - self.low, min=self.max_scale).detach()
+        """() float32: max(min_scale, high - low), without gradient."""
+        return torch.clamp(self.high - self.low, min=self.min_scale).detach()

@@ -24,22 +24,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import envs  # noqa: E402
-from agent import Agent  # noqa: E402
-from benchmarks.reward_recall import collect  # noqa: E402
-from benchmarks.world_model_speed import PEAK_SHAPE, matmul_peaks, num_params, peak_for  # noqa: E402
-from configs import load_config  # noqa: E402
+import envs
+from agent import Agent
+from benchmarks.reward_recall import collect
+from benchmarks.world_model_speed import PEAK_SHAPE, matmul_peaks, num_params, peak_for
+from configs import load_config
 
 REPLAY_STEPS, WARMUP = 3000, 2
 counter: list[FlopCounterMode | None] = [None]  # the counter of the update being counted, if any

@@ -31,10 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks import protocols  # noqa: E402
 

@@ -42,13 +42,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed or wanted
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-# Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks.runlogs import (  # noqa: E402
     CI_NOTE,

@@ -28,21 +28,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import envs  # noqa: E402
-from agent.agent import START_PREFIX, Agent, build_world_model  # noqa: E402
-from agent.checkpoint import CheckpointError, find_checkpoint, load_weights  # noqa: E402
-from configs import ConfigError, load_config, load_config_file  # noqa: E402
-from replay import ReplayLoadError, SequenceReplay  # noqa: E402
-from world_model.base import WorldModel, to_tensors  # noqa: E402
+import envs
+from agent.agent import Agent, build_world_model
+from agent.checkpoint import CheckpointError, find_checkpoint, load_weights
+from configs import ConfigError, load_config, load_config_file
+from replay import START_PREFIX, ReplayLoadError, SequenceReplay
+from world_model.base import WorldModel, to_tensors
 
 EVAL_BATCHES, EVAL_B, EVAL_T = 12, 16, 64  # held-in scoring batches (the replay is the data)
 

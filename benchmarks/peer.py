@@ -296,7 +296,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    sys.path.insert(0, str(REPO))
     from benchmarks.agent_update import WARMUP as AGENT_UPDATE_WARMUP
     from benchmarks.agent_update import measure
 
@@ -438,7 +437,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # here, not at the top: importing this file stays cheap and does nothing
 
-    sys.path.insert(0, str(REPO))
     from agent.precision import resolve_precision
     from configs import load_config
 

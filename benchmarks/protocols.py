@@ -28,10 +28,7 @@ from typing import Any
 
 import numpy as np
 
-# Run as a script, only benchmarks/ is on the path; the repository root makes `benchmarks` importable.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks import compare, runlogs  # noqa: E402
 

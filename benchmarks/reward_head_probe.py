@@ -28,20 +28,16 @@ whether its distribution has learned the sign before its mean shows it.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.reward_recall import GOAL, balanced_accuracy, offline_setup, sweep_id  # noqa: E402
-from configs import load_config  # noqa: E402
-from world_model.base import to_tensors  # noqa: E402
-from world_model.distributions import TwoHot, symexp  # noqa: E402
-from world_model.networks import SymlogHead, TwoHotHead  # noqa: E402
+from benchmarks.reward_recall import GOAL, balanced_accuracy, offline_setup, sweep_id
+from configs import load_config
+from world_model.base import to_tensors
+from world_model.distributions import TwoHot, symexp
+from world_model.networks import SymlogHead, TwoHotHead
 
 CENTRAL = 2.0  # `central_mean` reads the bins within this distance of 0 (symlog space)
 # Head name -> (builder from (input width, units, layers), Adam's beta2).

@@ -29,20 +29,16 @@ says whether the action names the suit dealt k steps earlier.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import envs  # noqa: E402
-from agent.agent import build_world_model  # noqa: E402
-from configs import load_config  # noqa: E402
-from replay import SequenceReplay  # noqa: E402
-from world_model.base import to_tensors  # noqa: E402
+import envs
+from agent.agent import build_world_model
+from configs import load_config
+from replay import SequenceReplay
+from world_model.base import to_tensors
 
 TRAIN_STEPS, TEST_STEPS, TEST_SEQUENCES, TEST_LENGTH = 20_000, 4_000, 64, 256
 GOAL = 0.9  # sign accuracy counted as "learned"

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from world_model.scan import default_method, linear_recurrence, linear_recurrence_autograd_loop  # noqa: E402
+from world_model.scan import default_method, linear_recurrence, linear_recurrence_autograd_loop
 
 NAIVE_LIMIT_S = 60.0
 

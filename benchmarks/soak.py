@@ -34,12 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path, and benchmarks/envs.py would
-# shadow the `envs` package.
-_HERE = Path(__file__).resolve().parent
-sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-
-ROOT = _HERE.parent
+ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 300.0  # longest wait for a run to load or save its checkpoint before it counts as failed
 
 
@@ -71,26 +66,26 @@ def child(record: str, counter: str, argv: list[str]) -> int:
 
     save, restore, make_env = run_agent.save_checkpoint, run_agent.restore_checkpoint, run_agent.make_env
 
-    def saving(logdir, cfg, agent, replay, progress, rng):  # noqa: ANN001, ANN202 - same as wrapped
+    def saving(logdir, cfg, agent, replay, progress, rng):
         # Recorded before the save starts: a kill during it leaves a record of a save that never
         # completed, which nothing loads.
         append({"saved": progress.env_steps, "replay": replay_digest(replay)})
         save(logdir, cfg, agent, replay, progress, rng)
 
-    def restoring(checkpoint, loop, agent, replay, rng):  # noqa: ANN001, ANN202
+    def restoring(checkpoint, loop, agent, replay, rng):
         restore(checkpoint, loop, agent, replay, rng)
         append({"loaded": loop["progress"]["env_steps"], "replay": replay_digest(replay)})
 
     fd = os.open(counter, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     made = []
 
-    def making(cfg, num_envs, seed):  # noqa: ANN001, ANN202
+    def making(cfg, num_envs, seed):
         env = make_env(cfg, num_envs, seed)
         made.append(env)
         if len(made) == 1:  # the first is the training env (the second evaluates)
             step, taken = env.step, [0]
 
-            def counting(action):  # noqa: ANN001, ANN202
+            def counting(action):
                 result = step(action)
                 taken[0] += env.num_envs
                 os.pwrite(fd, f"{taken[0]:>12d}".encode(), 0)

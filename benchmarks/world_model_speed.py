@@ -53,11 +53,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agent.precision import autocast_context  # noqa: E402
-from configs import load_config  # noqa: E402
-from world_model import RSSM, S3M, WorldModel  # noqa: E402
+from agent.precision import autocast_context
+from configs import load_config
+from world_model import RSSM, S3M, WorldModel
 
 ACTION_DIM = 6
 OBS_SPACES = {

@@ -280,7 +280,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "agent.critic_lr",
             "agent.eps",
             "agent.grad_clip",
-            "agent.return_norm_max",
+            "agent.return_norm_floor",
             "train.steps",
             "train.train_ratio",
             "train.batch_size",
@@ -433,11 +433,21 @@ _SAVED_BEFORE: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 
 
+# Fields renamed since runs were saved: old name -> new name (same meaning and value).
+_RENAMED = {"agent.return_norm_max": "agent.return_norm_floor"}
+
+
 def _fill_saved_before(saved: dict[str, Any]) -> dict[str, Any]:
-    """`saved` with the fields of `_SAVED_BEFORE` it lacks set to their earlier behaviour."""
+    """`saved` with renamed fields under their new names (`_RENAMED`) and the fields of
+    `_SAVED_BEFORE` it lacks set to their earlier behaviour."""
     filled = {
         section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()
     }
+    for old, new in _RENAMED.items():
+        (section, old_name), (_, new_name) = old.split("."), new.split(".")
+        values = filled.get(section)
+        if isinstance(values, dict) and old_name in values:
+            values.setdefault(new_name, values.pop(old_name))
     for key, value in _SAVED_BEFORE.items():
         section, name = key.split(".")
         if isinstance(filled.get(section, {}), dict) and name not in filled.get(section, {}):

@@ -129,7 +129,7 @@ class AgentConfig:
     return_norm_decay: float = 0.99  # EMA decay of the return percentiles
     return_norm_low: float = 5.0  # lower return percentile
     return_norm_high: float = 95.0  # upper return percentile
-    return_norm_max: float = 1.0  # scale = max(this, P_high - P_low)
+    return_norm_floor: float = 1.0  # smallest return scale: scale = max(this, P_high - P_low) (DV3 1.0)
     actor_lr: float = 3e-5  # Adam learning rate of the actor
     critic_lr: float = 3e-5  # Adam learning rate of the critic
     eps: float = 1e-5  # Adam epsilon of actor and critic

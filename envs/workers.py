@@ -78,7 +78,7 @@ def _worker(build: Builder, pipe: Connection) -> None:
                 break
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone: nothing to answer
-    except Exception as err:  # noqa: BLE001 - the parent decides what an env error means
+    except Exception as err:
         with contextlib.suppress(OSError):
             pipe.send(("error", f"{type(err).__name__}: {err}"))
     finally:

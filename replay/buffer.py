@@ -19,8 +19,8 @@ from replay import storage
 if TYPE_CHECKING:
     from configs.schema import ReplayConfig
 
-STATE_PREFIX = "state/"
-START_PREFIX = "start/"
+STATE_PREFIX = "state/"  # keys a step may carry: the latent state after observing it
+START_PREFIX = "start/"  # keys `sample` adds: the stored state before each sequence
 # Batch keys that sampling with `store_state` adds besides `start/<name>`; no state may use them.
 _START_EXTRAS = ("valid", "stream", "index")
 
@@ -45,8 +45,9 @@ class SequenceReplay:
     holds the steps `[added - stream_length, added)`.
 
     Stored state (`store_state=True`): add with each step `state/<name>`, the latent after
-    observing that step (e.g. `state/x` (N, K, P, 2) float32, a complex state as real and imaginary parts). `sample` then returns `start/<name>`,
-    the state of the step before each sequence, and `start/valid`; `is_first[:, 0]` is forced only
+    observing that step (e.g. `state/x` (N, K, P, 2) float32, a complex state as its real and
+    imaginary parts). `sample` then returns `start/<name>`, the state of the step before each
+    sequence, and `start/valid`; `is_first[:, 0]` is forced only
     where that step is gone. After every update the loop writes the posteriors it trained on back
     (DreamerV3's replay context) with `update_state(batch["start/stream"], batch["start/index"],
     states)`, `states` as `Agent.train_with_states` returns them.

@@ -109,12 +109,12 @@ def test_lambda_returns_limits() -> None:
 
 
 def test_return_normalizer_percentiles_and_ema() -> None:
-    norm = ReturnNormalizer(decay=0.99, low=5.0, high=95.0, max_scale=1.0)
+    norm = ReturnNormalizer(decay=0.99, low=5.0, high=95.0, min_scale=1.0)
     returns = torch.arange(101.0)  # P5 = 5, P95 = 95 exactly
     norm.update(returns)
     torch.testing.assert_close(norm.low, torch.tensor(0.05))
     torch.testing.assert_close(norm.high, torch.tensor(0.95))
-    assert norm.scale().item() == 1.0  # 0.9 spread is below max_scale: not scaled up
+    assert norm.scale().item() == 1.0  # 0.9 spread is below min_scale: not scaled up
     norm.update(returns)
     torch.testing.assert_close(norm.low, torch.tensor(0.99 * 0.05 + 0.01 * 5.0))
     torch.testing.assert_close(norm.high, torch.tensor(0.99 * 0.95 + 0.01 * 95.0))

@@ -374,6 +374,16 @@ def test_run_saved_before_the_r2i_fields_keeps_its_model(tmp_path):
     assert load_config_file(path) == cfg
 
 
+def test_run_saved_under_a_field_s_old_name_loads_under_the_new_one(tmp_path):
+    cfg = load_config([], ["agent.return_norm_floor=2.5"])
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    saved = yaml.safe_load(path.read_text())
+    saved["agent"]["return_norm_max"] = saved["agent"].pop("return_norm_floor")
+    path.write_text(yaml.safe_dump(saved))
+    assert load_config_file(path) == cfg
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.yaml")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
 
 from agent.agent import build_world_model  # noqa: E402
 from benchmarks import cont_recall  # noqa: E402

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
 
 from benchmarks import peer  # noqa: E402
 

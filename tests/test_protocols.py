@@ -13,8 +13,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # `benchmarks` is a folder of scripts, not an installed package
 
 from benchmarks import atari100k, compare, dmc, protocols, runlogs  # noqa: E402
 from configs import load_config  # noqa: E402

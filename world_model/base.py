@@ -31,11 +31,10 @@ from torch import nn
 
 from configs.schema import ModelConfig
 from world_model.distributions import OneHotCategorical, kl_categorical
-from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, SymlogHead, TwoHotHead
+from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, ObsSpace, SymlogHead, TwoHotHead
 from world_model.ssm import S5Layer
 
 State = dict[str, torch.Tensor]
-ObsSpace = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 CONTRACT_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 # S5Layer parameter -> R2I's SSM optimiser group. R2I's B̃ and C̃ are complex, so their real and
 # imaginary parts form one group here.
@@ -136,7 +135,8 @@ class WorldModel(nn.Module):
         parallelism `reduce_max` makes it the max over every rank's batch."""
         if self.cfg.reward_norm == "max":
             with torch.no_grad():
-                self.reward_max.copy_(torch.maximum(self.reward_max, self.reduce_max(reward.abs().max().float())))
+                largest = self.reduce_max(reward.abs().max().float())
+                self.reward_max.copy_(torch.maximum(self.reward_max, largest))
 
     # Max of a () tensor over the ranks; one process: the tensor (agent/distributed.py sets it).
     reduce_max: Callable[[torch.Tensor], torch.Tensor] = staticmethod(lambda value: value)

@@ -25,10 +25,8 @@ from torch import nn
 
 from configs.schema import ModelConfig, S3MConfig
 from world_model.base import ObsSpace, State, WorldModel
-from world_model.networks import MLP, init_weights_
+from world_model.networks import LN_EPS, MLP, init_weights_
 from world_model.ssm import SSMStack
-
-LN_EPS = 1e-3
 
 
 class S3M(WorldModel):

@@ -1,9 +1,9 @@
 """Environment speed: env steps per second with random actions, per suite, for one env and for a
 VectorEnv of N envs in subprocesses.
 
-    python benchmarks/envs.py            # a table
-    python benchmarks/envs.py --json     # one JSON object
-    python benchmarks/envs.py --suites popgym dmc_vision --seconds 5
+    python benchmarks/env_speed.py            # a table
+    python benchmarks/env_speed.py --json     # one JSON object
+    python benchmarks/env_speed.py --suites popgym dmc_vision --seconds 5
 
 Each measurement runs for about `--seconds` after a short warm-up; build time (constructing the
 env and its first reset) is reported separately. With N envs, steps/s counts the steps of all N.
@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path and the file's own name would
-# shadow the `envs` package.
-_HERE = Path(__file__).resolve().parent
-sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-
-from envs import VectorEnv  # noqa: E402
+from envs import VectorEnv
 
 # One representative task per suite.
 TASKS = {

@@ -1,0 +1,1 @@
+"""Speed and learning benchmarks: scripts that print figures (`python benchmarks/<name>.py --help`)."""
