@@ -142,6 +142,42 @@ def test_imagine_shapes():
     assert model.features(traj, "hidden").shape == (5, 10, model.feature_dim("hidden"))
 
 
+@pytest.mark.parametrize("latent_layers", [1, 2])
+def test_fused_steps_equal_the_modules_whose_weights_they_split(latent_layers):
+    """`_deter` and `_post_logits` project a_{t-1} and e_t for all T steps at once through
+    column blocks of `inp`'s and the posterior's first weights (`_split_weights`); in values and
+    gradients they equal the modules on the concatenations, DV3's `img_in` and `obs_out`."""
+    model, cfg = make_model(VECTOR, **{"model.latent_layers": latent_layers})
+    gen = torch.Generator().manual_seed(1)
+    B, H, E = 3, cfg.model.hidden, model.encoder.out_dim
+    h = torch.randn(B, H, generator=gen)
+    z = F.one_hot(torch.randint(model.stoch_dim, (B,), generator=gen), model.stoch_dim).float()
+    a = torch.randn(B, A, generator=gen)
+    e = torch.randn(B, E, generator=gen)
+
+    def fused():
+        w_z, w_a, w_h, w_e = model._split_weights()
+        return model._deter(h, z, F.linear(a, w_a), w_z), model._post_logits(h, F.linear(e, w_e), w_h)
+
+    def modules():
+        deter = model.gru(model.inp(torch.cat([z, a], -1)), h)
+        return deter, model.posterior(torch.cat([h, e], -1))
+
+    grads = []
+    for path in (fused, modules):
+        model.zero_grad(set_to_none=True)
+        deter, logits = path()
+        (deter.square().sum() + logits.square().sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if path is fused:
+            values = (deter.detach(), logits.detach())
+    torch.testing.assert_close(values[0], deter.detach())
+    torch.testing.assert_close(values[1], logits.detach())
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("inp.") for k in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
 def test_gru_cell_update_bias_and_norm():
     """With zero weights the gates are σ(0)=0.5 and σ(-1): h moves towards tanh(0.5·0)=0 by σ(-1)."""
     model, _ = make_model(VECTOR)

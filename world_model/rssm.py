@@ -125,7 +125,9 @@ class RSSM(WorldModel):
 
         `inp` reads [z, a] and the posterior's first layer reads [h, e]; splitting their weights
         lets the a- and e-parts be computed for all T steps at once, outside the sequential loop.
-        The result equals DV3's Linear on the concatenation.
+        The result equals DV3's Linear on the concatenation: `inp` and `posterior` hold the
+        weights but are not called on these paths, and `test_fused_steps_equal_the_modules_whose_
+        weights_they_split` (tests/test_rssm.py) checks values and gradients against calling them.
 
         Returns: W_z (U, S·C), W_a (U, A), W_h (U, H), W_e (U, E).
         """
