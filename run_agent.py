@@ -27,7 +27,7 @@ env steps owe). Rank 0 writes the logs, config and shared checkpoint files, eval
 videos; each rank saves its replay and RNG states in the checkpoint, and `--resume` needs the same
 number of ranks. A world size of 1 (or no torchrun) is a plain single process.
 
-A run folder holds (formats of the logs: agent/logger.py; of the checkpoint: agent/checkpoint.py):
+A run folder holds (formats of the logs: loop/logger.py; of the checkpoint: loop/checkpoint.py):
 
     config.yaml             the resolved config; `--resume` reads it
     metrics.jsonl           one JSON object per log event with its env `step` (eval/return, ...)
@@ -79,7 +79,11 @@ from tqdm import tqdm
 
 import envs
 from agent import Agent
-from agent.checkpoint import (
+from agent.distributed import SINGLE, RankLostError, World, WorldError, data_parallel
+from agent.guards import NonFiniteError, UpdateGuard, finite_actions
+from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
+from envs.vector import EnvWorkerError
+from loop.checkpoint import (
     NAMES,
     CheckpointError,
     Progress,
@@ -91,11 +95,7 @@ from agent.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from agent.distributed import SINGLE, RankLostError, World, WorldError, data_parallel
-from agent.guards import NonFiniteError, UpdateGuard, finite_actions
-from agent.logger import EPISODES, METRICS, Episodes, Logger, NullLogger, open_loop_video
-from configs import Config, ConfigError, list_presets, load_config, load_config_file, save_config, validate
-from envs.vector import EnvWorkerError
+from loop.logger import EPISODES, METRICS, Episodes, Logger, NullLogger, open_loop_video
 from replay import ReplayLoadError, SequenceReplay
 
 # What `python run_agent.py` trains when no --preset is given: the CPU recipe of the POPGym target

@@ -35,8 +35,8 @@ import torch
 
 import envs
 from agent.agent import Agent, build_world_model
-from agent.checkpoint import CheckpointError, find_checkpoint, load_weights
 from configs import ConfigError, load_config, load_config_file
+from loop.checkpoint import CheckpointError, find_checkpoint, load_weights
 from replay import START_PREFIX, ReplayLoadError, SequenceReplay
 from world_model.base import WorldModel, to_tensors
 

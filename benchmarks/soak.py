@@ -149,7 +149,7 @@ def run_args(args: argparse.Namespace, logdir: Path) -> list[str]:
 def final_progress(logdir: Path) -> dict[str, int]:
     import torch
 
-    from agent.checkpoint import find_checkpoint
+    from loop.checkpoint import find_checkpoint
 
     loop = torch.load(Path(find_checkpoint(str(logdir))) / "loop.pt", weights_only=True)
     return {key: loop["progress"][key] for key in ("env_steps", "updates")}

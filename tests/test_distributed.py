@@ -24,9 +24,9 @@ from gymnasium.envs.classic_control import CartPoleEnv
 
 import run_agent
 from agent import Agent
-from agent.checkpoint import CheckpointError, find_checkpoint, load_loop_state, verify_checkpoint
 from agent.distributed import World, WorldError, data_parallel
 from configs import load_config
+from loop.checkpoint import CheckpointError, find_checkpoint, load_loop_state, verify_checkpoint
 from replay import SequenceReplay
 from world_model.distributions import OneHotCategorical
 

@@ -19,12 +19,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import run_agent
 from agent import Agent
-from agent.checkpoint import CheckpointError, Progress, find_checkpoint, load_loop_state, save_checkpoint
 from agent.guards import NonFiniteError, UpdateGuard, finite_actions, nonfinite_tensors
-from agent.logger import Logger
 from configs import ConfigError, load_config
 from envs import EnvError, VectorEnv
 from envs.vector import EnvWorkerError
+from loop.checkpoint import CheckpointError, Progress, find_checkpoint, load_loop_state, save_checkpoint
+from loop.logger import Logger
 from replay import ReplayLoadError, SequenceReplay
 
 FAULTY = "gym:fault_envs:FaultyCartPole-v0"
