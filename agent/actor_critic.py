@@ -67,6 +67,40 @@ def sample_action(dist: OneHotCategorical | BoundedNormal) -> Tensor:
     return dist.sample() if isinstance(dist, OneHotCategorical) else dist.rsample()
 
 
+def reinforce_loss(
+    logpi: Tensor, returns: Tensor, value: Tensor, scale: Tensor, entropy: Tensor, weight: Tensor, eta: float
+) -> Tensor:
+    """REINFORCE actor loss (DreamerV3 `ImagActorCritic.loss`, discrete actions), a mean over (H, N):
+
+        L = -mean[ w_t (log π(a_t | s_t) · sg((R_t - v_t) / S) + η H[π(· | s_t)]) ]
+
+    Args:
+        logpi, entropy: (H, N) float32 of the imagined steps 0..H-1, with graphs to the actor.
+        returns, value: (H, N) float32 λ-returns R_t and values v_t; used without their graphs.
+        scale: () the return scale S (`ReturnNormalizer.scale`).
+        weight: (H, N) float32 w_t, the discount and continue weights of the steps.
+        eta: η, the entropy coefficient.
+    """
+    adv = ((returns - value) / scale).detach()
+    return -(weight * (logpi * adv + eta * entropy)).mean()
+
+
+def dynamics_loss(
+    logpi: Tensor, returns: Tensor, value: Tensor, scale: Tensor, entropy: Tensor, weight: Tensor, eta: float
+) -> Tensor:
+    """Dynamics-backprop actor loss (DreamerV3 and R2I, continuous actions), a mean over (H, N):
+
+        L = -mean[ w_t ((R_t - v_t) / S + η H[π(· | s_t)]) ]
+
+    R_t and the baseline v_t both keep their graphs, through the frozen critic and world model
+    to the actor's reparameterised actions, so the gradient is (∂v_t - ∂R_t) / S (DreamerV3's
+    `-(normed_ret - normed_base)`: the percentile offset cancels), not -∂R_t / S alone. `logpi`
+    is unused; the arguments are those of `reinforce_loss`.
+    """
+    del logpi
+    return -(weight * ((returns - value) / scale + eta * entropy)).mean()
+
+
 class ActorCritic(nn.Module):
     """Actor, critic, slow critic, return normaliser and their two optimisers.
 
@@ -182,61 +216,45 @@ class ActorCritic(nn.Module):
         start = {k: start[k].detach() for k in world_model.state_keys}
         start_cont = start_cont.detach().float()
         cfg = self.cfg
+        actor_losses = {"reinforce": reinforce_loss, "dynamics": dynamics_loss}
         dynamics = self.actor_grad == "dynamics"
 
         # With REINFORCE nothing in imagination needs a graph but the actor's; with dynamics
         # backprop the graph runs from the actor's reparameterised actions through the (frozen)
-        # world model and critic into the returns.
+        # world model and critic into the returns. Forward passes run under the mixed-precision
+        # context, backward passes outside it.
         with frozen(world_model, self.critic) if dynamics else contextlib.nullcontext():
-            # Forward passes under the mixed-precision context; the backward runs outside it.
+            with self.autocast(), torch.set_grad_enabled(dynamics):
+                traj, feats, logpi, entropy = self._imagine(world_model, start)
+                reward, cont = self._reward_and_cont(world_model, traj)  # (H, N) each
             with self.autocast():
-                with torch.set_grad_enabled(dynamics):
-                    traj, feats, logpi, entropy = self._imagine(world_model, start)
-                    arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
-                    reward, cont = world_model.reward_and_cont(arrived)  # (H, N), (H, N) probabilities
-                    if cfg.imag_cont == "mode":
-                        # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
-                        cont = (cont > 0.5).float()
-                    # `mean` keeps the probability, as DreamerV2: an end the continue head
-                    # half-expects still discounts the return instead of counting as no end.
-                    if dynamics:
-                        value = self.critic(feats).mean()  # (H + 1, N), a graph to the features only
-                if not dynamics:
-                    # One critic pass serves the returns (detached) and the critic loss (its graph).
-                    critic_all = self.critic(feats.detach())
-                    value = critic_all.mean().detach()  # (H + 1, N)
+                # Dynamics backprop: values with a graph through the frozen critic to the features.
+                # REINFORCE: one critic pass serves the returns (detached) and the critic loss.
+                critic_all = self.critic(feats if dynamics else feats.detach())
+                value = critic_all.mean() if dynamics else critic_all.mean().detach()  # (H + 1, N)
                 returns = lambda_returns(reward, cont, value, cfg.discount, cfg.return_lambda)  # (H, N)
-                with torch.no_grad():
-                    conts = torch.cat([start_cont[None], cont], 0)  # (H + 1, N)
-                    weight = torch.cumprod(cfg.discount * conts, 0) / cfg.discount  # (H + 1, N)
-                    self.retnorm.update(returns)
-                    scale = self.retnorm.scale()
-                    adv = (returns - value[:-1]) / scale  # (H, N)
+            with torch.no_grad():
+                conts = torch.cat([start_cont[None], cont], 0)  # (H + 1, N)
+                weight = torch.cumprod(cfg.discount * conts, 0) / cfg.discount  # (H + 1, N)
+                self.retnorm.update(returns)
+                scale = self.retnorm.scale()
+                adv = (returns - value[:-1]) / scale  # (H, N), for the metrics
+            actor_loss = actor_losses[self.actor_grad](
+                logpi[:-1], returns, value[:-1], scale, entropy[:-1], weight[:-1], cfg.entropy
+            )
+            actor_norm = self._step(self.actor_opt, actor_loss, self.actor.parameters())
 
-                # Actor loss (DreamerV3 ImagActorCritic.loss).
-                if dynamics:
-                    # DreamerV3 `ImagActorCritic.loss` (and R2I): the backprop loss is -adv with
-                    # adv = (R_t - off) / S - (v_t - off) / S; the offset cancels, and the baseline v_t
-                    # keeps its graph through the frozen critic and the imagined features, so the loss
-                    # gradient is (∂v_t - ∂R_t) / S, not -∂R_t / S alone.
-                    objective = (returns - value[:-1]) / scale
-                else:
-                    objective = logpi[:-1] * adv
-                actor_loss = (-(objective + cfg.entropy * entropy[:-1]) * weight[:-1]).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
-        self.actor_opt.step()
-
-        # Critic loss (DreamerV3 VFunction.loss): targets and features carry no graph.
+        # Critic loss (DreamerV3 VFunction.loss): targets and features carry no graph. Dynamics
+        # backprop ran the critic frozen, so its loss needs a pass of its own.
         if dynamics:
             with self.autocast():
                 critic_dist = self.critic(feats[:-1].detach())
         else:
             critic_dist = TwoHot(critic_all.logits[:-1], self.critic.bins)
-        critic_loss, critic_norm, slow_value = self._critic_step(
+        critic_loss, slow_value = self._critic_loss(
             critic_dist, feats[:-1].detach(), returns.detach(), weight[:-1]
         )
+        critic_norm = self._step(self.critic_opt, critic_loss, self.critic.parameters())
         self.update_slow_critic()
 
         with torch.no_grad():
@@ -247,7 +265,7 @@ class ActorCritic(nn.Module):
                 "actor/loss": actor_loss.item(),
                 "actor/entropy": entropy[:-1].mean().item(),
                 "actor/grad_norm": float(actor_norm),
-                "critic/loss": critic_loss.item(),
+                "critic/loss": critic_loss.detach().item(),
                 "critic/value_mean": value.mean().item(),
                 "critic/slow_value_mean": slow_value.mean().item(),
                 "critic/grad_norm": float(critic_norm),
@@ -265,10 +283,21 @@ class ActorCritic(nn.Module):
             }
         return metrics
 
-    def _critic_step(
+    def _reward_and_cont(self, world_model: WorldModel, traj: State) -> tuple[Tensor, Tensor]:
+        """Rewards (H, N) and continue flags (H, N) of the imagined states 1..H."""
+        arrived = {k: v[1:] for k, v in traj.items() if k != "action"}  # states 1..H
+        reward, cont = world_model.reward_and_cont(arrived)  # cont: probabilities
+        if self.cfg.imag_cont == "mode":
+            # Bernoulli mode, as DreamerV3 (`heads['cont'](traj).mode()`).
+            return reward, (cont > 0.5).float()
+        # `mean` keeps the probability, as DreamerV2: an end the continue head half-expects
+        # still discounts the return instead of counting as no end.
+        return reward, cont
+
+    def _critic_loss(
         self, dist: TwoHot, feats: Tensor, target: Tensor, weight: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One critic step: two-hot NLL of the λ-returns plus the slow-critic regulariser.
+    ) -> tuple[Tensor, Tensor]:
+        """The critic's loss: two-hot NLL of the λ-returns plus the slow-critic regulariser.
 
         Args:
             dist: the critic's distribution (batch (H, N)) with a graph to its parameters.
@@ -277,18 +306,23 @@ class ActorCritic(nn.Module):
             weight: (H, N) float32 detached loss weights.
 
         Returns:
-            loss () float32, the gradient norm before clipping, the slow critic's values (H, N).
+            loss () float32 with its graph, the slow critic's values (H, N).
         """
         with torch.no_grad(), self.autocast():
             slow_value = self.slow_critic(feats).mean()  # (H, N)
         # DreamerV3 `critic_slowreg: logprob`: the slow critic's mean is a second two-hot target.
         nll = -dist.log_prob(target) - self.cfg.slow_critic_reg * dist.log_prob(slow_value)
-        loss = (nll * weight).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
+        return (nll * weight).mean(), slow_value
+
+    def _step(self, opt: torch.optim.Optimizer, loss: Tensor, params: Iterator[nn.Parameter]) -> Tensor:
+        """Backward `loss`, clip `params`' gradient norm to `grad_clip`, step `opt`; the norm
+        before clipping."""
+        params = list(params)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
-        self.critic_opt.step()
-        return loss.detach(), norm, slow_value
+        norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+        return norm
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:

@@ -269,6 +269,36 @@ def test_actor_critic_update_leaves_world_model_alone(discrete: bool) -> None:
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_actor_losses_match_their_definitions() -> None:
+    """REINFORCE: -mean[w (log π · sg((R - v) / S) + η H)], gradients only to log π and H.
+    Dynamics backprop: -mean[w ((R - v) / S + η H)], gradients to R, v and H."""
+    gen = torch.Generator().manual_seed(0)
+    H, N, eta, scale = 4, 3, 3e-4, torch.tensor(2.5)
+    weight = torch.rand(H, N, generator=gen)
+    count = H * N
+
+    def leaves():
+        return [torch.randn(H, N, generator=gen).requires_grad_() for _ in range(4)]
+
+    logpi, returns, value, entropy = leaves()
+    loss = actor_critic_module.reinforce_loss(logpi, returns, value, scale, entropy, weight, eta)
+    adv = (returns - value).detach() / scale
+    torch.testing.assert_close(loss, -(weight * (logpi * adv + eta * entropy)).mean())
+    loss.backward()
+    torch.testing.assert_close(logpi.grad, -weight * adv / count)
+    torch.testing.assert_close(entropy.grad, -weight * eta / count)
+    assert returns.grad is None and value.grad is None
+
+    logpi, returns, value, entropy = leaves()
+    loss = actor_critic_module.dynamics_loss(logpi, returns, value, scale, entropy, weight, eta)
+    torch.testing.assert_close(loss, -(weight * ((returns - value) / scale + eta * entropy)).mean())
+    loss.backward()
+    torch.testing.assert_close(returns.grad, -weight / scale / count)
+    torch.testing.assert_close(value.grad, weight / scale / count)  # the baseline keeps its graph
+    torch.testing.assert_close(entropy.grad, -weight * eta / count)
+    assert logpi.grad is None
+
+
 def test_dynamics_backprop_gradient_goes_through_the_world_model() -> None:
     """With dynamics backprop the actor's gradient includes the return's path through imagination."""
     agent = make_agent(discrete=False, overrides=("agent.entropy=0.0",))
