@@ -1,14 +1,19 @@
 """What the S3M and RSSM world models share: encoder, heads, losses, optimiser, imagination.
 
-A subclass supplies the sequence model through four methods:
+A subclass supplies the sequence model through these methods, abstract in `WorldModel`:
 
-- `initial_state(batch_size) -> state`;
+- `initial_state(batch_size) -> state`: the state before any observation, `action` zeros;
 - `_latents(embed, action, is_first, state) -> (post, prior_logits, last_state)`: the posterior
   states of a whole (B, T) sequence and the prior logits at every step (parallel for S3M,
   sequential for RSSM);
 - `_obs_step(state, embed, is_first) -> state`: one posterior step (acting);
 - `_img_step(state, action) -> state`: one prior step (imagining);
-- `features(state, policy_input)`, `feature_dim(policy_input)`: what actor and critic read.
+- `features(state, policy_input)`, `feature_dim(policy_input)`: what actor and critic read;
+- `prior_logits(state) -> logits`: p(z_t | ·) of given states (tests and analysis read it).
+
+The state protocol: a state is a dict of tensors with a leading batch shape. `step` and `observe`
+read `state["action"]` as a_{t-1}, the action taken after the previous observation; the caller
+sets it to the action it takes after each `step` (`Agent.policy` returns such a state).
 
 Losses follow DreamerV3 (and R2I on top of it):
 
@@ -21,6 +26,7 @@ negative log-likelihoods.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -71,7 +77,7 @@ def flatten_state(state: State, dims: int) -> State:
     return {k: v.reshape(-1, *v.shape[dims:]) for k, v in state.items()}
 
 
-class WorldModel(nn.Module):
+class WorldModel(nn.Module, abc.ABC):
     """Encoder, decoder, reward and continue heads, losses and optimiser around a sequence model.
 
     Args:
@@ -107,6 +113,39 @@ class WorldModel(nn.Module):
         self._clip_sets: list[list[nn.Parameter]] = []  # set with the optimiser (`make_optimizer`)
 
     state_keys: tuple[str, ...] = ()  # the keys an imagined state carries; set by the subclass
+
+    # ----- what a subclass supplies: its sequence model (module doc) --------------------------
+
+    @abc.abstractmethod
+    def initial_state(self, batch_size: int) -> State:
+        """The state before any observation, leading (batch_size,); `action` zeros (B, A)."""
+
+    @abc.abstractmethod
+    def _latents(
+        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, state: State
+    ) -> tuple[State, torch.Tensor, State]:
+        """embed (B, T, E), action (B, T, A), is_first (B, T) bool, state (leading (B,)) ->
+        posterior states (leading (B, T), `logits` included), prior logits (B, T, S·C), last state."""
+
+    @abc.abstractmethod
+    def _obs_step(self, state: State, embed: torch.Tensor, is_first: torch.Tensor) -> State:
+        """One posterior step: state (leading (B,)), embed (B, E), is_first (B,) -> state."""
+
+    @abc.abstractmethod
+    def _img_step(self, state: State, action: torch.Tensor) -> State:
+        """One prior step: state (leading (N,)) and the action (N, A) taken there -> next state."""
+
+    @abc.abstractmethod
+    def prior_logits(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Prior logits (…, S·C) of states with leading (…)."""
+
+    @abc.abstractmethod
+    def feature_dim(self, policy_input: str) -> int:
+        """F, the width of `features(state, policy_input)`."""
+
+    @abc.abstractmethod
+    def features(self, state: Mapping[str, torch.Tensor], policy_input: str) -> torch.Tensor:
+        """What actor and critic read (…, F) for `policy_input` (`output`, `hidden`, `full`)."""
 
     # ----- pieces the subclasses share -------------------------------------------------------
 
