@@ -121,19 +121,13 @@ TARGETS: dict[str, Target] = {
     "bsuite_memory_len_1": Target(
         env="bsuite:memory_len/0",
         variants=("s3m:hidden", "rssm"),
-        preset="bsuite,cpu",
+        # Run before `memory_cpu`'s reward head and KL changes (two-hot, representation KL 0.1),
+        # with its 4x4 latents and 256 imagination starts.
+        preset="bsuite_check_cpu",
         steps=30_000,
         metric="success",
         goal=0.95,
-        # Run before `memory_cpu`'s reward head and KL changes (two-hot, representation KL 0.1),
-        # with its 4x4 latents and 256 imagination starts.
-        overrides=(
-            "model.stoch_groups=4",
-            "model.stoch_classes=4",
-            "agent.imag_starts=256",
-            "train.train_ratio=64",
-            "train.eval_every=10000",
-        ),
+        overrides=("train.eval_every=10000",),
         seeds=(0,),
     ),
     # R2I reaches 0.81 here, DreamerV3 0.10 (docs/design.md §7).
@@ -151,32 +145,16 @@ TARGETS: dict[str, Target] = {
     "popgym_repeat_previous_medium": popgym_memory("RepeatPreviousMedium", goal=0.5),
     "popgym_repeat_first_medium": popgym_memory("RepeatFirstMedium", goal=0.8),
     "popgym_concentration_easy": popgym_memory("ConcentrationEasy", goal=None),
-    # A fully observed control task: the output-state policy (z_t, h_t) is enough. Its reward is 1
-    # a step, so the only signal is the end of an episode, which the continue head must predict:
-    # - the `cpu` size's 16x16 latents: the posterior q(z_t | o_t) sees no history, so z_t alone
-    #   carries the current observation to the policy and the heads; with 4x4 latents two seeds
-    #   of three stalled near 330 (388 +- 234 at 100k), with 16x16 all three reach 460-500 at 80k;
-    # - 256 imagination starts and T=32 make an update 3.6x cheaper than the `cpu` size's
-    #   (`benchmarks/agent_update.py --env gym:CartPole-v1`), which buys train ratio 128 with
-    #   B x T = 16 x 32: 20k updates in 80k env steps;
-    # - the continue head's probability discounts imagined returns (`agent.imag_cont=mean`): at a
-    #   few thousand updates it gives most ends a probability of continuing above 0.5, so with the
-    #   Bernoulli mode imagined episodes almost never end and the critic flattens at 1 / (1 - gamma).
+    # A fully observed control task; the `gym_cpu` recipe's comments give the evidence for each
+    # of its settings.
     "cartpole": Target(
         env="gym:CartPole-v1",
         variants=("s3m:output",),
-        preset="cpu",
+        preset="gym_cpu",
         steps=80_000,
         metric="return",
         goal=450.0,
-        overrides=(
-            "agent.imag_starts=256",
-            "train.seq_len=32",
-            "train.train_ratio=128",
-            "agent.imag_cont=mean",
-            "train.eval_every=10000",
-            "train.eval_episodes=10",
-        ),
+        overrides=("train.eval_every=10000",),
         seeds=(0, 1, 2),
     ),
 }

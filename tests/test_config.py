@@ -21,10 +21,21 @@ from configs import (
 )
 from configs.loader import PRESET_DIR
 
-SIZES = ["debug", "cpu", "small", "medium", "large"]
-DOMAINS = ["popgym", "bsuite", "memory_maze", "atari", "atari100k", "dmc_proprio", "dmc_vision", "minigrid"]
+# Size presets set widths only; `debug` and `cpu` are a size (tiny's, for cpu) with a run's scale.
+SIZES = ["tiny", "small", "medium", "large"]
+SCALES = ["debug", "cpu"]
+DOMAINS = [
+    *("popgym", "bsuite", "memory_maze", "atari", "atari100k"),
+    *("dmc_proprio", "dmc_vision", "minigrid", "gym"),
+]
 # Recipes: presets built on others with `extends`, holding the CPU settings of docs/results.md.
-RECIPES = {"memory_cpu": None, "bsuite_cpu": "bsuite", "popgym_cpu": "popgym"}
+RECIPES = {
+    "memory_cpu": None,
+    "bsuite_cpu": "bsuite",
+    "popgym_cpu": "popgym",
+    "bsuite_check_cpu": "bsuite",
+    "gym_cpu": "gym",
+}
 
 
 def _error(presets: list[str] | str = (), overrides: list[str] = ()) -> str:
@@ -60,7 +71,7 @@ def test_defaults_are_the_schema_defaults():
 
 
 def test_list_presets_names_every_file():
-    assert set(list_presets()) == {"defaults", *DOMAINS, *SIZES, *RECIPES}
+    assert set(list_presets()) == {"defaults", *DOMAINS, *SIZES, *SCALES, *RECIPES}
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -106,7 +117,7 @@ def test_preset_files_start_with_a_comment(name):
 def test_each_domain_loads_alone_and_with_each_size(domain):
     alone = load_config([domain])
     assert alone != Config()
-    for size in SIZES:
+    for size in SIZES + SCALES:
         cfg = load_config([domain, size])
         # Domain keys survive a size preset; size keys come from the size preset.
         assert cfg.env.name == alone.env.name
@@ -114,7 +125,7 @@ def test_each_domain_loads_alone_and_with_each_size(domain):
         assert cfg.model.hidden == load_config([size]).model.hidden
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", SIZES + SCALES)
 def test_each_size_loads_alone(size):
     cfg = load_config([size])
     assert cfg.env.name == Config().env.name  # a size preset leaves the task alone
@@ -123,10 +134,14 @@ def test_each_size_loads_alone(size):
 def test_size_presets_set_the_same_size_keys():
     """So the last size preset given decides every size, whatever came before."""
     gpu_keys = _flat_keys(_preset_yaml("small"))
-    for size in SIZES:
-        assert gpu_keys <= _flat_keys(_preset_yaml(size)), size
+    for size in SIZES:  # those keys and nothing else
+        assert _flat_keys(_preset_yaml(size)) == gpu_keys, size
+    assert gpu_keys <= _flat_keys(_preset_yaml("debug"))
+    cpu = config_to_dict(load_config(["cpu"]), flat=True)
+    tiny = config_to_dict(load_config(["tiny"]), flat=True)
+    assert all(cpu[key] == tiny[key] for key in gpu_keys)
     # Size presets must not set what a domain is about.
-    for size in SIZES:
+    for size in SIZES + SCALES:
         assert not {"env.name", "agent.policy_input"} & _flat_keys(_preset_yaml(size)), size
 
 
