@@ -255,6 +255,13 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def ignore_sigterm(self) -> None:
+        """For a rank of a data-parallel run leaving the loop: ignore SIGTERM until the process
+        ends. torchrun sends it to the other ranks as soon as one dies; with the default handler
+        back (Python also puts it back while it shuts down) a rank would die of it before it
+        reports why, or with a status other than its own. torchrun still kills it 30 s later."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 
 def crossed(every: int, before: int, after: int) -> bool:
     """Whether a multiple of `every` lies in (before, after]; never when `every` is 0."""
@@ -388,7 +395,7 @@ def train(cfg: Config, resume: str | None, world: World = SINGLE, device: torch.
         saved_at = evaluated_at = -1
         stop = StopRequest()
         stop.again = not world.distributed
-        stack.callback(stop.restore)
+        stack.callback(stop.ignore_sigterm if world.distributed else stop.restore)
         bar = stack.enter_context(
             tqdm(
                 total=tc.steps,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -280,6 +281,8 @@ def test_two_rank_run_resumes_with_two_ranks_only_and_keeps_its_checkpoint_when_
     died = torchrun("--resume", str(logdir), "--steps", "160", *dying)
     assert died.returncode != 0 and marker.exists()
     assert "another rank died or hung" in died.stderr  # rank 0's one line
+    # ... and its own status (EXIT_FAULT), not torchrun's SIGTERM, which it ignores once it ends.
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\n\s*exitcode\s*: 3 ", died.stderr), died.stderr[-1500:]
     assert {"step": 80, "event": "resume", "replay_steps": 80, "world_size": 2} in read_jsonl(
         logdir / "metrics.jsonl"
     )
