@@ -6,9 +6,10 @@
     python benchmarks/atari100k.py --score-only --json runs/atari100k/scores.json
 
 The protocol: each game `atari:<game>` on the `atari100k` preset for 100k agent steps, which at
-action repeat 4 are the benchmark's 400k frames; no sticky actions (DreamerV3's `atari100k` env
-settings, `sticky: False`, in every release; the env adapter's default of 0.25 is DreamerV3's
-setting for the 200M-frame Atari benchmark); the minimal action set, 64 x 64 colour, episodes to
+action repeat 4 are the benchmark's 400k frames; no sticky actions and up to 30 no-op frames at
+each reset (the preset's `env.options`: DreamerV3's `atari100k` env settings, `sticky: False,
+noops: 30`; the env adapter's default of sticky actions at 0.25 is DreamerV3's setting for the
+200M-frame Atari benchmark); the minimal action set, 64 x 64 colour, episodes to
 game over (a lost life does not end one), 108k frames at most. A run's score is its evaluation at
 100k steps over 100 episodes (the preset's `train.eval_every` and `train.eval_episodes`, as R2I and
 DreamerV3's first release evaluate). Seeds 0-4: DreamerV3's published Atari 100k scores have 5
@@ -39,8 +40,7 @@ SCORES_CSV = ROOT / "benchmarks" / "data" / "atari_scores.csv"
 PRESET = "atari100k"
 STEPS = 100_000  # agent steps; x4 action repeat = the benchmark's 400k frames
 REPEAT = 4  # the env adapter's action repeat, as DreamerV3's
-# DreamerV3 trains Atari 100k without sticky actions; the adapter's 0.25 is for the 200M benchmark.
-OVERRIDES = ("env.options={sticky: 0.0}",)
+OVERRIDES = ()  # the protocol's env settings are the preset's own
 SEEDS = (0, 1, 2, 3, 4)  # DreamerV3's published Atari 100k scores: 5 seeds per game
 DEFAULT_OUT = ROOT / "runs" / "atari100k"
 
@@ -79,7 +79,8 @@ def suite(out: Path, games: Sequence[str] = GAMES) -> protocols.Suite:
         notes=(
             "HNS: human-normalised score, (score - random) / (human - random), with the random and human "
             "scores of benchmarks/data/atari_scores.csv. A run's score: its evaluation at 100k agent "
-            "steps over 100 episodes; no sticky actions (DreamerV3's Atari 100k settings).",
+            "steps over 100 episodes; no sticky actions, up to 30 no-op frames at each reset (DreamerV3's "
+            "Atari 100k settings).",
         ),
     )
 

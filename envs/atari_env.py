@@ -8,6 +8,11 @@
   episode was a DreamerV3 bug that left Pong at -21 (dreamerv3 issues #175/#178).
 - Losing a life does not end the episode; game over is `terminated`; the 108k-frame limit
   (`max_frames`, 27k agent steps at repeat 4) is `truncated`.
+- No-op starts (`noops`, 0 by default): each episode begins with a uniform random number in
+  [0, noops] of no-op frames, drawn from the env's seeded generator, so that deterministic games
+  (no sticky actions) do not start every episode in the same state. Atari 100k uses 30 without
+  sticky actions (DreamerV3's `atari100k` setting; Machado et al. 2018 for the 200M protocol use
+  sticky actions instead).
 
 The emulator is driven directly (`ale.act` per frame) rather than through gymnasium's per-frame
 `step`, which would copy the screen and build an info dict on every frame.
@@ -73,9 +78,15 @@ class Atari(gymnasium.Env):
         gray: bool = False,
         max_frames: int = 108_000,
         full_action_space: bool = False,
+        noops: int = 0,
     ):
         if repeat < 1:
             raise EnvError(f"action repeat must be >= 1, got {repeat}")
+        import ale_py
+
+        if noops < 0:
+            raise EnvError(f"no-op starts must be >= 0, got noops={noops}")
+        self._noops = int(noops)
         self._size = image_size(size)
         self._repeat = int(repeat)
         self._gray = bool(gray)
@@ -90,6 +101,7 @@ class Atari(gymnasium.Env):
             obs_type="grayscale" if gray else "rgb",
         ).unwrapped
         self._ale = self._ale_env.ale
+        self._noop = ale_py.Action.NOOP  # in every action set, minimal or full
         self._actions = self._ale_env._action_set
         channels = 1 if gray else 3
         self.observation_space = spaces.Box(0, 255, (*self._size, channels), np.uint8)
@@ -113,6 +125,13 @@ class Atari(gymnasium.Env):
         self._ale_env.reset(seed=seed)
         frame = self._screen()
         self._frames = [frame, frame]
+        for _ in range(int(self.np_random.integers(self._noops + 1)) if self._noops else 0):
+            self._ale.act(self._noop)
+            if self._ale.game_over(with_truncation=True):
+                self._ale_env.reset()
+                self._frames = [self._screen()] * 2
+                continue
+            self._frames = [self._frames[1], self._screen()]
         return self._observation(), {"lives": self._ale.lives()}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -148,7 +167,8 @@ def make(
     gray: bool = False,
     max_frames: int = 108_000,
     full_action_space: bool = False,
+    noops: int = 0,
 ) -> gymnasium.Env:
     """An Atari game -> contract env (image uint8 (64, 64, 3), Discrete(n)); see the module docstring."""
-    env = Atari(game_name(task), size, repeat, sticky, gray, max_frames, full_action_space)
+    env = Atari(game_name(task), size, repeat, sticky, gray, max_frames, full_action_space, noops)
     return contract_actions(ContractObservation(env))

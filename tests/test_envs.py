@@ -503,3 +503,21 @@ def test_atari_reset_pools_the_reset_frame_with_itself():
     from envs.images import resize
 
     np.testing.assert_array_equal(obs["image"], resize(atari._screen(), (64, 64)))
+
+
+def test_atari_noop_starts_are_seeded_and_bounded():
+    def start_frames(noops: int, seeds: range) -> list[int]:
+        env = make_env("atari:pong", 0, noops=noops, sticky=0.0)
+        frames = []
+        for seed in seeds:
+            env.reset(seed=seed)
+            frames.append(env.unwrapped._ale.getEpisodeFrameNumber())
+        env.close()
+        return frames
+
+    assert start_frames(0, range(3)) == [0, 0, 0]
+    starts = start_frames(30, range(12))
+    assert all(0 <= n <= 30 for n in starts) and len(set(starts)) > 3, starts
+    assert start_frames(30, range(12)) == starts  # the same seeds, the same starts
+    with pytest.raises(EnvError, match="noops=-1"):
+        make_env("atari:pong", 0, noops=-1)

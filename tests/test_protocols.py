@@ -210,7 +210,7 @@ def test_every_protocol_run_resolves_to_its_config():
         )
         assert cfg.env.name == task.env
         if task.env.startswith("atari:"):
-            assert cfg.env.options == {"sticky": 0.0} and cfg.train.eval_episodes == 100
+            assert cfg.env.options == {"sticky": 0.0, "noops": 30} and cfg.train.eval_episodes == 100
             assert task.steps == 100_000
     assert len(protocol_runs()) == (26 + 18 + 20) * 2
 
