@@ -29,6 +29,7 @@ says whether the action names the suit dealt k steps earlier.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -57,8 +58,12 @@ def sweep_id(memory_length: int) -> int:
 
 
 def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
-    """`steps` uniform random-action steps of `env_id` in a one-stream replay (agent_update.py too)."""
-    replay = SequenceReplay.from_config(replay_cfg, 1, seed)
+    """`steps` uniform random-action steps of `env_id` in a one-stream replay (agent_update.py too).
+
+    Random-action steps carry no latent state, so the replay stores none (`store_state` off) and
+    every sample starts from the initial state, whatever the recipe's `replay.store_state`.
+    """
+    replay = SequenceReplay.from_config(dataclasses.replace(replay_cfg, store_state=False), 1, seed)
     rng = np.random.default_rng(seed)
     with envs.VectorEnv(env_id, 1, seed) as env:
         step = env.reset()
