@@ -35,7 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import compare, runlogs  # noqa: E402
+from benchmarks import compare, random_policy, runlogs  # noqa: E402
+from configs import load_config  # noqa: E402
 
 ANALYSIS = "## Analysis"
 RESULTS_JSON = "results.json"
@@ -43,8 +44,9 @@ ARCHIVE = "runs"  # DOCS/runs/<target>/<variant>/seed<k>: the logs of the page's
 ARCHIVED = ("config.yaml", runlogs.MARKER)  # copied into the archive as they are
 PACKED = ("metrics.jsonl", "episodes.jsonl")  # gzipped into it
 # A row of results.json: target, env, variant, budget, seeds, metric (`return` or `success`),
-# metric_text, mean and ci (the 95% half-width over seeds, null with one seed), goal (null: a
-# `report` row), status (`met`, `missed` or `report`), wall_s, command, and optionally note.
+# metric_text, mean and ci (the 95% half-width over seeds, null with one seed), random (the
+# uniform random policy's score on the same metric), goal (null: a `report` row), status (`met`,
+# `missed` or `report`), wall_s, command, and optionally note.
 Row = dict[str, Any]
 
 
@@ -61,6 +63,7 @@ class Target:
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     last_episodes: int = 1000  # episodes the success metric reads
+    random_episodes: int = 100  # episodes of the random policy's `return` (success: last_episodes)
 
 
 # The memory targets run the CPU recipes of configs/presets (`bsuite_cpu`, `popgym_cpu`, both built
@@ -189,6 +192,15 @@ def metric_text(target: Target) -> str:
     return "return: final eval (or last 10% of episodes)"
 
 
+def random_score(target: Target) -> float:
+    """The uniform random policy's score on `target`'s env (with the options of its preset) and
+    metric: mean return over `random_episodes` episodes, or success over `last_episodes`
+    (benchmarks/random_policy.py; stored scores are read, not measured again)."""
+    cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
+    episodes = target.last_episodes if target.metric == "success" else target.random_episodes
+    return random_policy.score(target.env, target.metric, episodes, cfg.env.options)
+
+
 def goal_text(goal: float | None) -> str:
     return "—" if goal is None else f"≥ {goal:g}"
 
@@ -288,6 +300,7 @@ def variant_rows(
             "metric_text": metric_text(target),
             "mean": None,
             "ci": None,
+            "random": random_score(target),
             "goal": target.goal,
             "status": "missed",
             "wall_s": None,
@@ -318,7 +331,8 @@ def markdown_row(row: Row) -> str:
     seeds = ", ".join(str(seed) for seed in row["seeds"]) or "none"
     return (
         f"| {row['target']} | {row['env']} | {row['variant']} | {row['budget']:,} | {seeds} | "
-        f"{row['metric_text']} | {compare.fmt(row['mean'], row['ci'])} | {goal_text(row['goal'])} | "
+        f"{row['metric_text']} | {compare.fmt(row.get('random'))} | {compare.fmt(row['mean'], row['ci'])} | "
+        f"{goal_text(row['goal'])} | "
         f"{status} | {compare.fmt_seconds(row['wall_s'])} | `{row['command']}` |"
     )
 
@@ -370,7 +384,11 @@ def write_page(
             fresh = target_rows(name, targets[name], out, docs, threads, all_seeds, before)
         if not fresh and name in names and name not in previous:
             fresh = variant_rows(name, targets[name], {}, out, threads)
-        rows += fresh or before
+        kept = fresh or before
+        target = targets.get(name) or TARGETS.get(name)
+        if target is not None:  # rows kept from an earlier page get the floor too
+            kept = [{**row, "random": random_score(target)} for row in kept]
+        rows += kept
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
         "# Learning results",
@@ -383,9 +401,9 @@ def write_page(
         "each seed; every run also gets `--logdir OUT/<target>/<variant>/seed<S>`. The same rows, "
         f"as data: [{RESULTS_JSON}]({RESULTS_JSON}).",
         "",
-        "| target | env | variant | budget (env steps) | seeds | metric | result | target | status "
-        "| wall time / run | command |",
-        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | --- |",
+        "| target | env | variant | budget (env steps) | seeds | metric | random policy | result | "
+        "target | status | wall time / run | command |",
+        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
         *map(markdown_row, rows),
         "",
         runlogs.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
