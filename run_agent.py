@@ -189,13 +189,6 @@ def make_agent(cfg: Config, env: envs.VectorEnv, device: torch.device | None = N
 # Acting and evaluating
 
 
-def random_actions(rng: np.random.Generator, env: envs.VectorEnv) -> np.ndarray:
-    """Uniform random actions (N, A) float32: one-hot for discrete envs, in [-1, 1] otherwise."""
-    if env.discrete:
-        return np.eye(env.action_dim, dtype=np.float32)[rng.integers(env.action_dim, size=env.num_envs)]
-    return rng.uniform(-1.0, 1.0, (env.num_envs, env.action_dim)).astype(np.float32)
-
-
 def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int, sample: bool = False) -> dict[str, float]:
     """Mean return and length of `episodes` fresh episodes with the greedy policy (mode="eval"),
     or with sampled actions (mode="explore", the policy that training optimises and runs).
@@ -213,7 +206,7 @@ def evaluate(agent: Agent, env: envs.VectorEnv, episodes: int, sample: bool = Fa
             if len(results[i]) < share[i]:
                 results[i].append((ret, length))
         action, state = agent.policy(step, state, mode="explore" if sample else "eval")
-        action, state, _ = finite_actions(agent, action, state, lambda: random_actions(rng, env))
+        action, state, _ = finite_actions(agent, action, state, lambda: env.random_actions(rng))
         step = env.step(action)
     flat = [result for done in results for result in done]
     return {
@@ -447,10 +440,10 @@ def train(cfg: Config, resume: str | None, world: World = SINGLE, device: torch.
                 action, state = agent.policy(step, state, mode="explore")
                 if progress.env_steps < tc.prefill:
                     # Random actions, but the latent still tracks them, for replay context and the switch.
-                    action = random_actions(rng, env)
+                    action = env.random_actions(rng)
                     state = {**state, "action": torch.as_tensor(action, device=state["action"].device)}
                 action, state, repaired = finite_actions(
-                    agent, action, state, lambda: random_actions(rng, env)
+                    agent, action, state, lambda: env.random_actions(rng)
                 )
                 if repaired:
                     if not progress.nonfinite_actions:

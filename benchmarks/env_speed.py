@@ -32,13 +32,6 @@ TASKS = {
 }
 
 
-def random_actions(venv: VectorEnv, rng: np.random.Generator) -> np.ndarray:
-    """float32 (N, A): one-hot rows for discrete envs, uniform in [-1, 1] otherwise."""
-    if venv.discrete:
-        return np.eye(venv.action_dim, dtype=np.float32)[rng.integers(venv.action_dim, size=venv.num_envs)]
-    return rng.uniform(-1.0, 1.0, (venv.num_envs, venv.action_dim)).astype(np.float32)
-
-
 def measure(name: str, num_envs: int, seconds: float, warmup: int = 5) -> dict[str, float]:
     """{'build_s', 'steps_per_s', 'steps'} for `num_envs` envs of `name` stepped with random actions."""
     rng = np.random.default_rng(0)
@@ -47,11 +40,11 @@ def measure(name: str, num_envs: int, seconds: float, warmup: int = 5) -> dict[s
         venv.reset()
         build = time.perf_counter() - start
         for _ in range(warmup):
-            venv.step(random_actions(venv, rng))
+            venv.step(venv.random_actions(rng))
         calls = 0
         start = time.perf_counter()
         while True:
-            venv.step(random_actions(venv, rng))
+            venv.step(venv.random_actions(rng))
             calls += 1
             elapsed = time.perf_counter() - start
             if elapsed >= seconds and calls >= 10:

@@ -47,11 +47,7 @@ def measure(
     with envs.VectorEnv(env_id, 1, seed, **dict(options or {})) as env:
         step, ret = env.reset(), 0.0
         while len(returns) < episodes:
-            if env.discrete:
-                action = np.eye(env.action_dim, dtype=np.float32)[rng.integers(env.action_dim, size=1)]
-            else:
-                action = rng.uniform(-1.0, 1.0, (1, env.action_dim)).astype(np.float32)
-            step = env.step(action)
+            step = env.step(env.random_actions(rng))
             ret = 0.0 if step["is_first"][0] else ret + float(step["reward"][0])
             if step["is_last"][0]:
                 returns.append(ret)

@@ -68,7 +68,7 @@ def collect(env_id: str, steps: int, seed: int, replay_cfg) -> SequenceReplay:
     with envs.VectorEnv(env_id, 1, seed) as env:
         step = env.reset()
         for _ in range(steps):
-            action = np.eye(env.action_dim, dtype=np.float32)[rng.integers(env.action_dim, size=1)]
+            action = env.random_actions(rng)
             replay.add({**step, "action": action})
             step = env.step(action)
     return replay

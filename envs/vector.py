@@ -224,6 +224,15 @@ class VectorEnv:
         env_action = action.argmax(-1) if self.discrete else np.clip(action, -1.0, 1.0)
         return self._advance(list(env_action))
 
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        """Uniform random actions float32 (N, A): one-hot rows for discrete envs, uniform in
+        [-1, 1] otherwise (the prefill's, the random policy's)."""
+        if self.discrete:
+            return np.eye(self.action_dim, dtype=np.float32)[
+                rng.integers(self.action_dim, size=self.num_envs)
+            ]
+        return rng.uniform(-1.0, 1.0, (self.num_envs, self.action_dim)).astype(np.float32)
+
     def _advance(self, actions: list[Any]) -> dict[str, np.ndarray]:
         """Reset the envs that ended last step, step the others with `actions`: one contract step."""
         is_first = self._last.copy()

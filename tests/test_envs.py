@@ -521,3 +521,17 @@ def test_atari_noop_starts_are_seeded_and_bounded():
     assert start_frames(30, range(12)) == starts  # the same seeds, the same starts
     with pytest.raises(EnvError, match="noops=-1"):
         make_env("atari:pong", 0, noops=-1)
+
+
+@pytest.mark.parametrize("name", ["bsuite:memory_len/0", "gym:Pendulum-v1"])
+def test_random_actions_are_valid_actions_of_every_env(name):
+    rng = np.random.default_rng(0)
+    with VectorEnv(name, 2, 0) as env:
+        actions = np.stack([env.random_actions(rng) for _ in range(200)])  # (200, N, A)
+        assert actions.shape == (200, 2, env.action_dim) and actions.dtype == np.float32
+        if env.discrete:
+            assert ((actions == 0) | (actions == 1)).all() and (actions.sum(-1) == 1).all()
+            assert set(actions.argmax(-1).ravel()) == set(range(env.action_dim))  # every action drawn
+        else:
+            assert (actions >= -1).all() and (actions <= 1).all() and actions.std() > 0.4
+        env.step(actions[0])  # the env takes them
