@@ -300,7 +300,6 @@ def variant_rows(
             "metric_text": metric_text(target),
             "mean": None,
             "ci": None,
-            "random": random_score(target),
             "goal": target.goal,
             "status": "missed",
             "wall_s": None,
@@ -386,8 +385,9 @@ def write_page(
             fresh = variant_rows(name, targets[name], {}, out, threads)
         kept = fresh or before
         target = targets.get(name) or TARGETS.get(name)
-        if target is not None:  # rows kept from an earlier page get the floor too
-            kept = [{**row, "random": random_score(target)} for row in kept]
+        if target is not None:  # every row of a known target, kept ones too, gets the floor
+            floor = random_score(target)
+            kept = [{**row, "random": floor} for row in kept]
         rows += kept
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import envs
+from loop.logger import Episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,13 +46,11 @@ def measure(
     rng = np.random.default_rng(seed)
     returns: list[float] = []
     with envs.VectorEnv(env_id, 1, seed, **dict(options or {})) as env:
-        step, ret = env.reset(), 0.0
+        counter, step = Episodes(1), env.reset()
         while len(returns) < episodes:
+            returns += [ret for _, ret, _ in counter.observe(step)]
             step = env.step(env.random_actions(rng))
-            ret = 0.0 if step["is_first"][0] else ret + float(step["reward"][0])
-            if step["is_last"][0]:
-                returns.append(ret)
-    scores = np.asarray(returns)
+    scores = np.asarray(returns[:episodes])
     return float((scores > 0).mean() if metric == "success" else scores.mean())
 
 
