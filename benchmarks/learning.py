@@ -35,7 +35,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import compare, random_policy, runlogs  # noqa: E402
+from benchmarks import compare, published, random_policy, runlogs  # noqa: E402
 from configs import load_config  # noqa: E402
 
 ANALYSIS = "## Analysis"
@@ -45,7 +45,8 @@ ARCHIVED = ("config.yaml", runlogs.MARKER)  # copied into the archive as they ar
 PACKED = ("metrics.jsonl", "episodes.jsonl")  # gzipped into it
 # A row of results.json: target, env, variant, budget, seeds, metric (`return` or `success`),
 # metric_text, mean and ci (the 95% half-width over seeds, null with one seed), random (the
-# uniform random policy's score on the same metric), goal (null: a `report` row), status (`met`,
+# uniform random policy's score on the same metric), dreamerv3 (DreamerV3's published return at the
+# same env steps, null where none is published), goal (null: a `report` row), status (`met`,
 # `missed` or `report`), wall_s, command, and optionally note.
 Row = dict[str, Any]
 
@@ -64,6 +65,7 @@ class Target:
     seeds: tuple[int, ...] = (0, 1, 2)
     last_episodes: int = 1000  # episodes the success metric reads
     random_episodes: int = 100  # episodes of the random policy's `return` (success: last_episodes)
+    goal_times_random: float | None = None  # the goal is this multiple of the random policy's score
 
 
 # The memory targets run the CPU recipes of configs/presets (`bsuite_cpu`, `popgym_cpu`, both built
@@ -102,6 +104,29 @@ def popgym_memory(task: str, goal: float | None, steps: int = 100_000) -> Target
         metric="return",
         goal=goal,
         overrides=("train.eval_every=10000",),
+    )
+
+
+def control(
+    env: str,
+    preset: str,
+    goal: float | None,
+    variants: tuple[str, ...] = ("s3m:output", "rssm"),
+    random_episodes: int = 100,
+    goal_times_random: float | None = None,
+) -> Target:
+    """A control or pixel target: the preset's budget and evaluations, seeds 0-2, scored by the
+    final evaluation's return."""
+    cfg = load_config([preset], [f"env.name={env}"])
+    return Target(
+        env=env,
+        variants=variants,
+        preset=preset,
+        steps=cfg.train.steps,
+        metric="return",
+        goal=goal,
+        random_episodes=random_episodes,
+        goal_times_random=goal_times_random,
     )
 
 
@@ -148,6 +173,23 @@ TARGETS: dict[str, Target] = {
     "popgym_repeat_previous_medium": popgym_memory("RepeatPreviousMedium", goal=0.5),
     "popgym_repeat_first_medium": popgym_memory("RepeatFirstMedium", goal=0.8),
     "popgym_concentration_easy": popgym_memory("ConcentrationEasy", goal=None),
+    # Continuous control and pixels (the DreamerV3 comparison): the S3M with the output-state
+    # policy, R2I's choice for non-memory tasks, beside the RSSM, on the CPU recipes of
+    # configs/presets; each row shows DreamerV3's published return at the same env steps.
+    "dmc_cartpole_swingup": control("dmc:cartpole_swingup", "dmc_cpu", goal=600.0),
+    "dmc_walker_walk": control("dmc:walker_walk", "dmc_cpu", goal=400.0),
+    "dmc_vision_cartpole_swingup": control("dmc_vision:cartpole_swingup", "dmc_vision_cpu", goal=300.0),
+    # Memory Maze reads the full state (z_t, h_t, x_t), R2I's choice there; the goal is twice the
+    # random policy's mean return (its column), over as many episodes as an evaluation.
+    "memory_maze_9x9": control(
+        "memory_maze:9x9",
+        "memory_maze_cpu",
+        goal=None,
+        variants=("s3m:full", "rssm"),
+        random_episodes=5,
+        goal_times_random=2.0,
+    ),
+    "atari_pong": control("atari:pong", "atari_cpu", goal=None),
     # A fully observed control task; the `gym_cpu` recipe's comments give the evidence for each
     # of its settings.
     "cartpole": Target(
@@ -199,6 +241,26 @@ def random_score(target: Target) -> float:
     cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
     episodes = target.last_episodes if target.metric == "success" else target.random_episodes
     return random_policy.score(target.env, target.metric, episodes, cfg.env.options)
+
+
+def published_score(target: Target) -> float | None:
+    """DreamerV3's published return on `target`'s env after its budget, at its preset's action
+    repeat (benchmarks/published.py); None for a success metric or an env without a curve."""
+    if target.metric != "return":
+        return None
+    cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
+    return published.score(target.env, target.steps, cfg.env.options.get("repeat"))
+
+
+def reference_text(score: float | None) -> str:
+    return "—" if score is None else compare.fmt(score)
+
+
+def target_goal(target: Target) -> float | None:
+    """The score `target` must reach: its goal, or a multiple of the random policy's score."""
+    if target.goal_times_random is not None:
+        return round(target.goal_times_random * random_score(target), 3)
+    return target.goal
 
 
 def goal_text(goal: float | None) -> str:
@@ -300,7 +362,7 @@ def variant_rows(
             "metric_text": metric_text(target),
             "mean": None,
             "ci": None,
-            "goal": target.goal,
+            "goal": target_goal(target),
             "status": "missed",
             "wall_s": None,
             "command": command,
@@ -310,7 +372,7 @@ def variant_rows(
             row["mean"], row["ci"] = runlogs.mean_ci([record["final"] for record in per_seed.values()])
             walls = [record["wall_s"] for record in per_seed.values() if record["wall_s"] is not None]
             row["wall_s"] = sum(walls) / len(walls) if walls else None
-            met = row["mean"] >= target.goal if target.goal is not None else None
+            met = row["mean"] >= row["goal"] if row["goal"] is not None else None
             row["status"] = "report" if met is None else "met" if met else "missed"
             lost = [str(seed) for seed, record in per_seed.items() if not record["logs"]]
             if lost:
@@ -330,7 +392,8 @@ def markdown_row(row: Row) -> str:
     seeds = ", ".join(str(seed) for seed in row["seeds"]) or "none"
     return (
         f"| {row['target']} | {row['env']} | {row['variant']} | {row['budget']:,} | {seeds} | "
-        f"{row['metric_text']} | {compare.fmt(row.get('random'))} | {compare.fmt(row['mean'], row['ci'])} | "
+        f"{row['metric_text']} | {compare.fmt(row.get('random'))} | {reference_text(row.get('dreamerv3'))} | "
+        f"{compare.fmt(row['mean'], row['ci'])} | "
         f"{goal_text(row['goal'])} | "
         f"{status} | {compare.fmt_seconds(row['wall_s'])} | `{row['command']}` |"
     )
@@ -385,9 +448,9 @@ def write_page(
             fresh = variant_rows(name, targets[name], {}, out, threads)
         kept = fresh or before
         target = targets.get(name) or TARGETS.get(name)
-        if target is not None:  # every row of a known target, kept ones too, gets the floor
-            floor = random_score(target)
-            kept = [{**row, "random": floor} for row in kept]
+        if target is not None:  # every row of a known target, kept ones too, gets both references
+            floor, dreamer = random_score(target), published_score(target)
+            kept = [{**row, "random": floor, "dreamerv3": dreamer} for row in kept]
         rows += kept
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
@@ -401,13 +464,16 @@ def write_page(
         "each seed; every run also gets `--logdir OUT/<target>/<variant>/seed<S>`. The same rows, "
         f"as data: [{RESULTS_JSON}]({RESULTS_JSON}).",
         "",
-        "| target | env | variant | budget (env steps) | seeds | metric | random policy | result | "
-        "target | status | wall time / run | command |",
-        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
+        "| target | env | variant | budget (agent steps) | seeds | metric | random policy | "
+        "DreamerV3 (published) | result | target | status | wall time / run | command |",
+        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
         *map(markdown_row, rows),
         "",
         runlogs.CI_NOTE + " Wall time: one run, process start to exit, with the other runs of the "
-        "same launch in parallel beside it.",
+        "same launch in parallel beside it. DreamerV3 (published): the mean over seeds of the "
+        "learning curves DreamerV3's authors publish with their code (" + published.SOURCE + "), "
+        f"at the row's env steps (binned per {published.BIN:,} frames; benchmarks/published.py); "
+        "budgets are agent steps, at action repeat 2 on DMC and 4 on Atari.",
         "",
     ]
     for name in dict.fromkeys(row["target"] for row in rows):

@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import compare, learning, runlogs  # noqa: E402
+from benchmarks import compare, learning, published, runlogs  # noqa: E402
 from configs import load_config  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,6 +150,16 @@ def test_learning_redraw_writes_page(tmp_path: Path):
     row = next(r for r in data if r["target"] == "popgym_concentration_easy")
     assert (row["goal"], row["status"], row["note"]) == (None, "missed", "not run")
     assert [learning.markdown_row(r) for r in data] == [line for line in lines if line.startswith("| ")][2:]
+    # DreamerV3's published return at the row's env steps beside a control row (100k agent steps at
+    # action repeat 2: the 200k-frame window of benchmarks/data/dreamerv3_scores.json), none
+    # beside a memory row; Memory Maze's goal is twice its random policy's score.
+    row = next(r for r in data if (r["target"], r["variant"]) == ("dmc_cartpole_swingup", "rssm"))
+    curve = published.stored()["dmc:cartpole_swingup"]
+    assert row["dreamerv3"] == curve["mean"][curve["frames"].index(200_000)]
+    assert f"| {compare.fmt(row['random'])} | {compare.fmt(row['dreamerv3'])} | n/a | ≥ 600 |" in page
+    assert all(r["dreamerv3"] is None for r in data if r["target"].startswith(("bsuite", "popgym")))
+    maze = next(r for r in data if r["target"] == "memory_maze_9x9")
+    assert maze["goal"] == pytest.approx(2 * maze["random"], abs=1e-3) and maze["random"] > 0
 
     # Hand-written analysis survives a rebuild, and so do the rows of targets not rebuilt, or
     # rebuilt without runs (their runs were made elsewhere): they come from results.json.
