@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import compare, runlogs  # noqa: E402
+from benchmarks import compare, published, runlogs  # noqa: E402
 
 DEFAULT_VARIANTS = "s3m:output,rssm"  # R2I's policy input for non-memory tasks, and DreamerV3
 AGGREGATES = ("mean", "median", "iqm")
@@ -205,6 +205,8 @@ def score_suite(
     estimates = aggregate_estimates(matrices, reps) if matrices else {}
     result: dict[str, Any] = {"suite": suite.name, "title": suite.title, "normalised": suite.normalised}
     result["tasks"] = [task.name for task in suite.tasks]
+    # DreamerV3's published mean return at each task's env steps (benchmarks/published.py).
+    result["dreamerv3"] = {task.name: published.score(task.env, task.steps) for task in suite.tasks}
     result["notes"] = list(suite.notes)
     result["variants"] = {}
     for variant in variants:
@@ -244,13 +246,14 @@ def suite_tables(result: dict[str, Any], suite: Suite, reps: int) -> str:
     """Markdown: a row per task (mean over seeds per variant), then a row per variant of the
     aggregates over tasks with their intervals."""
     variants = list(result["variants"])
-    header = [suite.task_word, *(["random", "human"] if suite.reference else [])]
+    header = [suite.task_word, *(["random", "human"] if suite.reference else []), "DreamerV3 (published)"]
     for variant in variants:
         header += [variant, *([f"{variant} {suite.per_task_label}"] if suite.per_task_label else [])]
     lines = [f"## {result['title']}", "", "| " + " | ".join(header) + " |"]
     lines.append("| --- |" + " ---: |" * (len(header) - 1))
     for name in result["tasks"]:
         row = [name, *(map(fmt, suite.reference[name]) if suite.reference else [])]
+        row.append(fmt(result.get("dreamerv3", {}).get(name)))
         for variant in variants:
             task = result["variants"][variant]["tasks"].get(name)
             row.append("n/a" if task is None else f"{fmt(task['mean'])} ({len(task['seeds'])})")
@@ -274,7 +277,9 @@ def suite_tables(result: dict[str, Any], suite: Suite, reps: int) -> str:
         f"A {word}'s row: the mean final return over seeds (the number of seeds in parentheses). "
         f"Aggregates over {word}s of {suite.normalised} scores, each with its 95% stratified-bootstrap "
         f"confidence interval (rliable, {reps} replications, percentile method); every {word} joins "
-        f"with as many runs as the {word} with the fewest.",
+        f"with as many runs as the {word} with the fewest. DreamerV3 (published): the mean over "
+        f"seeds of the learning curves DreamerV3's authors publish ({published.SOURCE}) at the "
+        f"{word}'s env steps.",
     ]
     for note in suite.notes:
         lines += ["", note]

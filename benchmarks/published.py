@@ -64,7 +64,8 @@ def curves(runs: Sequence[Mapping[str, Any]], suite: str, repeat: int) -> dict[s
     for name, seeds in sorted(per_task.items()):
         frames = sorted({end for seed in seeds for end in seed})
         means = [float(np.mean([seed[end] for seed in seeds if end in seed])) for end in frames]
-        out[name] = {"repeat": repeat, "seeds": len(seeds), "frames": frames, "mean": [round(m, 2) for m in means]}
+        means = [round(mean, 2) for mean in means]
+        out[name] = {"repeat": repeat, "seeds": len(seeds), "frames": frames, "mean": means}
     return out
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("env", nargs="?", help="suite:task, as run_agent.py's --env")
     parser.add_argument("--steps", type=int, help="agent steps of the run")
     parser.add_argument("--repeat", type=int, help="the run's action repeat (default: DreamerV3's)")
-    parser.add_argument("--rebuild", type=Path, metavar="DIR", help="bin the published files in DIR into the store")
+    parser.add_argument("--rebuild", type=Path, metavar="DIR", help="bin the published files in DIR")
     args = parser.parse_args(argv)
     if args.rebuild:
         try:
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     value = score(args.env, args.steps, args.repeat)
     if value is None:
         what = "beyond its curve" if args.env in stored() else f"not in {STORE.name}"
-        print(f"error: no published DreamerV3 score for {args.env} at {args.steps} steps ({what})", file=sys.stderr)
+        message = f"no published DreamerV3 score for {args.env} at {args.steps} steps ({what})"
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(f"{args.env}: DreamerV3 (published) at {args.steps:,} agent steps: {value:g}")
     return 0

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import atari100k, compare, dmc, protocols, runlogs  # noqa: E402
+from benchmarks import atari100k, compare, dmc, protocols, published, runlogs  # noqa: E402
 from configs import load_config  # noqa: E402
 
 REPS = 2000  # bootstrap replications: plenty for intervals that only need to bracket sensibly
@@ -100,8 +100,10 @@ def test_atari_scores_match_hand_computed(atari_runs: Path, capsys: pytest.Captu
 
     printed = capsys.readouterr().out
     assert printed == (atari_runs / protocols.SCORES_MD).read_text()
-    assert "| pong | -20.700 | 14.600 | 5.775 (2) | 0.750 | -6.580 (3) | 0.400 |" in printed
-    assert "| boxing | 0.100 | 12.100 | 30.100 (2) | 2.500 | n/a | n/a |" in printed
+    # Beside each game: DreamerV3's published return at the same 100k agent steps (400k frames).
+    assert suite["dreamerv3"]["pong"] == published.score("atari:pong", 100_000) == -4.0
+    assert "| pong | -20.700 | 14.600 | -4.000 | 5.775 (2) | 0.750 | -6.580 (3) | 0.400 |" in printed
+    assert "| boxing | 0.100 | 12.100 | 82.060 | 30.100 (2) | 2.500 | n/a | n/a |" in printed
     row = next(line for line in printed.splitlines() if line.startswith("| s3m:output | 3 | 2 |"))
     assert row.split(" | ")[3].startswith("1.250 (")  # the mean with its interval
 
@@ -137,7 +139,8 @@ def test_dmc_scores_raw_and_per_1000(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert 0.3 - 1e-9 <= low < 0.6 < high <= 0.9 + 1e-9
     assert "aggregate" not in vision["variants"]["rssm"]  # no vision runs
     printed = capsys.readouterr().out
-    assert "| walker_walk | 800.0 (2) |" in printed and "| cartpole_swingup | n/a |" in printed
+    assert "| walker_walk | 881.0 | 800.0 (2) |" in printed  # DreamerV3's at 500k env frames
+    assert "| cartpole_swingup | 861.9 | n/a |" in printed  # vision: DreamerV3's at 1M frames
 
 
 def test_nothing_to_score_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture):
