@@ -112,11 +112,11 @@ def control(
     preset: str,
     goal: float | None,
     variants: tuple[str, ...] = ("s3m:output", "rssm"),
-    random_episodes: int = 100,
     goal_times_random: float | None = None,
 ) -> Target:
     """A control or pixel target: the preset's budget and evaluations, seeds 0-2, scored by the
-    final evaluation's return."""
+    final evaluation's return; the random policy is scored over as many episodes as one
+    evaluation."""
     cfg = load_config([preset], [f"env.name={env}"])
     return Target(
         env=env,
@@ -125,7 +125,7 @@ def control(
         steps=cfg.train.steps,
         metric="return",
         goal=goal,
-        random_episodes=random_episodes,
+        random_episodes=cfg.train.eval_episodes,
         goal_times_random=goal_times_random,
     )
 
@@ -180,13 +180,12 @@ TARGETS: dict[str, Target] = {
     "dmc_walker_walk": control("dmc:walker_walk", "dmc_cpu", goal=400.0),
     "dmc_vision_cartpole_swingup": control("dmc_vision:cartpole_swingup", "dmc_vision_cpu", goal=300.0),
     # Memory Maze reads the full state (z_t, h_t, x_t), R2I's choice there; the goal is twice the
-    # random policy's mean return (its column), over as many episodes as an evaluation.
+    # random policy's mean return (its column).
     "memory_maze_9x9": control(
         "memory_maze:9x9",
         "memory_maze_cpu",
         goal=None,
         variants=("s3m:full", "rssm"),
-        random_episodes=5,
         goal_times_random=2.0,
     ),
     "atari_pong": control("atari:pong", "atari_cpu", goal=None),
