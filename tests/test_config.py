@@ -35,6 +35,11 @@ RECIPES = {
     "popgym_cpu": "popgym",
     "bsuite_check_cpu": "bsuite",
     "gym_cpu": "gym",
+    "dmc_cpu": "dmc_proprio",
+    "pixels_cpu": None,
+    "dmc_vision_cpu": "dmc_vision",
+    "atari_cpu": "atari100k",
+    "memory_maze_cpu": "memory_maze",
 }
 
 
