@@ -242,13 +242,14 @@ def random_score(target: Target) -> float:
     return random_policy.score(target.env, target.metric, episodes, cfg.env.options)
 
 
-def published_score(target: Target) -> float | None:
-    """DreamerV3's published return on `target`'s env after its budget, at its preset's action
-    repeat (benchmarks/published.py); None for a success metric or an env without a curve."""
+def published_score(target: Target, steps: int | None = None) -> float | None:
+    """DreamerV3's published return on `target`'s env after `steps` agent steps (default: its
+    budget), at its preset's action repeat (benchmarks/published.py); None for a success metric or
+    an env without a curve."""
     if target.metric != "return":
         return None
     cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
-    return published.score(target.env, target.steps, cfg.env.options.get("repeat"))
+    return published.score(target.env, steps or target.steps, cfg.env.options.get("repeat"))
 
 
 def reference_text(score: float | None) -> str:
@@ -448,8 +449,10 @@ def write_page(
         kept = fresh or before
         target = targets.get(name) or TARGETS.get(name)
         if target is not None:  # every row of a known target, kept ones too, gets both references
-            floor, dreamer = random_score(target), published_score(target)
-            kept = [{**row, "random": floor, "dreamerv3": dreamer} for row in kept]
+            floor = random_score(target)
+            kept = [
+                {**row, "random": floor, "dreamerv3": published_score(target, row["budget"])} for row in kept
+            ]
         rows += kept
     (docs / RESULTS_JSON).write_text(json.dumps({"targets": rows}, indent=1) + "\n")
     text = [
