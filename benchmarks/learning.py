@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks import compare, published, random_policy, runlogs  # noqa: E402
-from configs import load_config  # noqa: E402
+from configs import Config, load_config  # noqa: E402
 
 ANALYSIS = "## Analysis"
 RESULTS_JSON = "results.json"
@@ -233,11 +233,16 @@ def metric_text(target: Target) -> str:
     return "return: final eval (or last 10% of episodes)"
 
 
+def target_config(target: Target) -> Config:
+    """The config of `target`'s runs without a variant's overrides: its preset, env and overrides."""
+    return load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
+
+
 def random_score(target: Target) -> float:
     """The uniform random policy's score on `target`'s env (with the options of its preset) and
     metric: mean return over `random_episodes` episodes, or success over `last_episodes`
     (benchmarks/random_policy.py; stored scores are read, not measured again)."""
-    cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
+    cfg = target_config(target)
     episodes = target.last_episodes if target.metric == "success" else target.random_episodes
     return random_policy.score(target.env, target.metric, episodes, cfg.env.options)
 
@@ -248,7 +253,7 @@ def published_score(target: Target, steps: int | None = None) -> float | None:
     an env without a curve."""
     if target.metric != "return":
         return None
-    cfg = load_config(target.preset.split(","), [f"env.name={target.env}", *target.overrides])
+    cfg = target_config(target)
     return published.score(target.env, steps or target.steps, cfg.env.options.get("repeat"))
 
 
