@@ -74,6 +74,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "s3m:output": ("world_model=s3m", "agent.policy_input=output"),
     "s3m:full": ("world_model=s3m", "agent.policy_input=full"),
     "rssm": ("world_model=rssm",),
+    # Input-dependent step sizes in every S5 layer (world_model/ssm.py), not in R2I.
+    "s3m:hidden:selective": ("world_model=s3m", "agent.policy_input=hidden", "s3m.selective=true"),
     # The S3M before it followed R2I's code (the ablation of docs/results.md): B̃ with fan-in H and
     # C̃ at unit output scale, a zero reset state, 4 HiPPO-N blocks, and posterior and prior MLPs
     # as deep as the `cpu` size's encoder (2 layers).

@@ -97,6 +97,9 @@ class S3MConfig:
     learn_initial_state: bool = True  # learned x_init (else zeros); resets load it (R2I `initial: learned`)
     scan: str = "auto"  # recurrence implementation: auto picks chunked on CPU, associative on GPU
     dropout: float = 0.0  # dropout after the GLU in each block
+    # input-dependent step size Delta_t = softplus(W u_t + b) (Mamba's selection), so a layer can
+    # hold one input and ignore the rest; a departure from R2I (time-invariant S5), off by default
+    selective: bool = False
 
 
 @dataclass

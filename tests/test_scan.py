@@ -6,11 +6,13 @@ import torch
 from world_model.scan import METHODS, linear_recurrence, linear_recurrence_autograd_loop
 
 
-def make_case(B, T, P, dtype=torch.complex64, reset_prob=0.1, seed=0):
+def make_case(B, T, P, dtype=torch.complex64, reset_prob=0.1, seed=0, varying=False):
+    """A random recurrence; `varying` draws one lam per (batch, step), as a selective S5 layer has."""
     gen = torch.Generator().manual_seed(seed)
     real = torch.float64 if dtype == torch.complex128 else torch.float32
-    radius = torch.rand(P, generator=gen, dtype=real) * 0.5 + 0.45
-    angle = torch.rand(P, generator=gen, dtype=real) * 6.28
+    shape = (B, T, P) if varying else (P,)
+    radius = torch.rand(shape, generator=gen, dtype=real) * 0.5 + 0.45
+    angle = torch.rand(shape, generator=gen, dtype=real) * 6.28
     lam = torch.polar(radius, angle).requires_grad_()
     keep = torch.rand(B, T, generator=gen) > reset_prob
     b = torch.randn(B, T, P, generator=gen, dtype=dtype).requires_grad_()
@@ -31,10 +33,11 @@ def assert_close_rel(actual, expected, rtol):
     assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
 
 
+@pytest.mark.parametrize("varying", [False, True], ids=["shared-lam", "per-step-lam"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("B,T", [(1, 1), (2, 7), (3, 64), (4, 37), (2, 300)])
-def test_matches_autograd_loop(method, B, T):
-    case = make_case(B, T, 6, seed=B * 1000 + T)
+def test_matches_autograd_loop(method, B, T, varying):
+    case = make_case(B, T, 6, seed=B * 1000 + T, varying=varying)
     x_ref, g_ref = values_and_grads(linear_recurrence_autograd_loop, *case)
     x, g = values_and_grads(lambda *a: linear_recurrence(*a, method=method), *case)
     assert_close_rel(x, x_ref, 1e-5)
@@ -43,17 +46,19 @@ def test_matches_autograd_loop(method, B, T):
         assert_close_rel(actual, expected, 1e-5)
 
 
+@pytest.mark.parametrize("varying", [False, True], ids=["shared-lam", "per-step-lam"])
 @pytest.mark.parametrize("method", METHODS)
-def test_gradcheck_float64(method):
-    lam, keep, b, x0, _ = make_case(2, 9, 3, dtype=torch.complex128, reset_prob=0.25, seed=3)
+def test_gradcheck_float64(method, varying):
+    lam, keep, b, x0, _ = make_case(2, 9, 3, dtype=torch.complex128, reset_prob=0.25, seed=3, varying=varying)
     assert not keep.all() and keep.any(), "the case must contain resets"
     torch.autograd.gradcheck(lambda lam, b, x0: linear_recurrence(lam, keep, b, x0, method), (lam, b, x0))
 
 
+@pytest.mark.parametrize("varying", [False, True], ids=["shared-lam", "per-step-lam"])
 @pytest.mark.parametrize("method", METHODS)
-def test_reset_forgets_the_past(method):
+def test_reset_forgets_the_past(method, varying):
     """After keep_t = 0 the states do not depend on anything before t."""
-    lam, keep, b, x0, _ = make_case(2, 40, 5, reset_prob=0.0, seed=5)
+    lam, keep, b, x0, _ = make_case(2, 40, 5, reset_prob=0.0, seed=5, varying=varying)
     keep = keep.clone()
     keep[:, 17] = False
     x = linear_recurrence(lam, keep, b, x0, method)

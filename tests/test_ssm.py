@@ -28,7 +28,7 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
 
 
-def make_stack(discretization, learn_init, scan, dtype=torch.float32, seed=0):
+def make_stack(discretization, learn_init, scan, dtype=torch.float32, seed=0, selective=False):
     torch.manual_seed(seed)
     stack = SSMStack(
         hidden=12,
@@ -38,11 +38,14 @@ def make_stack(discretization, learn_init, scan, dtype=torch.float32, seed=0):
         discretization=discretization,
         learn_initial_state=learn_init,
         scan=scan,
+        selective=selective,
     ).to(dtype)
-    if learn_init:
-        with torch.no_grad():
-            for block in stack.layers:
+    with torch.no_grad():
+        for block in stack.layers:
+            if learn_init:
                 block.ssm.x_init.normal_()
+            if selective:  # away from its zero init, so the step sizes really vary
+                block.ssm.dt_proj.weight.normal_(0.0, 0.5)
     return stack
 
 
@@ -53,11 +56,12 @@ def test_hippo_normal_eigenvalues():
     assert len(np.unique(np.round(lam.imag, 6))) == 16
 
 
+@pytest.mark.parametrize("selective", [False, True], ids=["lti", "selective"])
 @pytest.mark.parametrize("discretization", ["bilinear", "zoh"])
 @pytest.mark.parametrize("scan", ["chunked", "associative", "loop"])
 @pytest.mark.parametrize("B,T", [(1, 1), (3, 20), (2, 65)])
-def test_parallel_equals_step(discretization, scan, B, T):
-    stack = make_stack(discretization, learn_init=True, scan=scan)
+def test_parallel_equals_step(discretization, scan, B, T, selective):
+    stack = make_stack(discretization, learn_init=True, scan=scan, selective=selective)
     gen = torch.Generator().manual_seed(T)
     u = torch.randn(B, T, 12, generator=gen, requires_grad=True)
     is_first = random_resets(B, T, 0.15, gen)
@@ -103,12 +107,17 @@ def test_reset_gives_fresh_sequence_states():
     torch.testing.assert_close(x[:, cut:], x_fresh, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("selective", [False, True], ids=["lti", "selective"])
 @pytest.mark.parametrize("discretization", ["bilinear", "zoh"])
-def test_gradcheck_layer_float64(discretization):
+def test_gradcheck_layer_float64(discretization, selective):
     torch.manual_seed(0)
-    layer = S5Layer(3, 4, blocks=2, discretization=discretization, learn_initial_state=True).double()
+    layer = S5Layer(
+        3, 4, blocks=2, discretization=discretization, learn_initial_state=True, selective=selective
+    ).double()
     with torch.no_grad():
         layer.x_init.normal_()
+        if selective:
+            layer.dt_proj.weight.normal_()
     u = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
     is_first = torch.tensor(
         [[True, False, False, True, False, False], [False, False, True, False, False, False]]
@@ -190,3 +199,37 @@ def test_step_without_resets_equals_all_false_mask():
     y_mask, x_mask = stack.step(u, torch.zeros(3, dtype=torch.bool), x)
     torch.testing.assert_close(y_none, y_mask)
     torch.testing.assert_close(x_none, x_mask)
+
+
+@pytest.mark.parametrize("discretization", ["bilinear", "zoh"])
+def test_selective_layer_starts_as_the_time_invariant_one(discretization):
+    """W_Δ = 0 at init: a selective layer computes what the same layer without selection does."""
+    torch.manual_seed(3)
+    lti = S5Layer(6, 8, blocks=2, discretization=discretization)
+    selective = S5Layer(6, 8, blocks=2, discretization=discretization, selective=True)
+    selective.load_state_dict(lti.state_dict(), strict=False)
+    u = torch.randn(2, 15, 6)
+    is_first = torch.zeros(2, 15, dtype=torch.bool)
+    is_first[:, 0] = is_first[1, 7] = True
+    x_prev = lti.initial_state(2)
+    for a, b in zip(lti(u, is_first, x_prev), selective(u, is_first, x_prev)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_selective_step_size_follows_the_input():
+    """A selective layer whose Δ_t collapses on some inputs holds its state across them."""
+    torch.manual_seed(4)
+    layer = S5Layer(2, 4, selective=True, discretization="zoh")
+    with torch.no_grad():
+        # Channel 1 drives Δ_t towards 0 (hold); channel 0 carries the value.
+        layer.dt_proj.weight.zero_()
+        layer.dt_proj.weight[:, 1] = -40.0
+    u = torch.zeros(1, 6, 2)
+    u[0, 0, 0] = 1.0  # write at t = 0
+    u[0, 1:, 1] = 1.0  # hold afterwards ...
+    u[0, 1:, 0] = torch.tensor([5.0, -3.0, 2.0, 4.0, -1.0])  # ... while distractors arrive
+    is_first = torch.zeros(1, 6, dtype=torch.bool)
+    _, x = layer(u, is_first, torch.zeros(1, 4, dtype=torch.complex64))
+    assert (x[0, 1:] - x[0, :1]).abs().max() < 1e-6 * x[0, 0].abs().max().clamp(min=1e-3) + 1e-7
+    _, x_lti = S5Layer(2, 4, discretization="zoh")(u, is_first, torch.zeros(1, 4, dtype=torch.complex64))
+    assert (x_lti[0, 1:] - x_lti[0, :1]).abs().max() > 1e-4, "a time-invariant layer takes the distractors in"

@@ -61,6 +61,7 @@ class S3M(WorldModel):
             learn_initial_state=ssm_cfg.learn_initial_state,
             scan=ssm_cfg.scan,
             bc_init=ssm_cfg.bc_init,
+            selective=ssm_cfg.selective,
         )
         self.out = nn.Sequential(nn.Linear(H, D), nn.SiLU())
         init_weights_(self.out)

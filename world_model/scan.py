@@ -2,8 +2,10 @@
 
     x_t = a_t * x_{t-1} + b_t,   a_t = lam * keep_t,   t = 0 .. T-1,   x_{-1} = x0
 
-with `lam` the discretised diagonal state matrix (P,) complex, `keep_t` = 0 where the sequence
-restarts (an episode's first step) and 1 elsewhere, `b_t` the input (B, T, P) complex. The reset
+with `lam` the discretised diagonal state matrix, (P,) complex for a time-invariant S5 layer or
+(B, T, P) complex when the step size depends on the input (`S5Layer(selective=True)`), `keep_t` = 0
+where the sequence restarts (an episode's first step) and 1 elsewhere, `b_t` the input (B, T, P)
+complex. The reset
 value of the state is folded into `b_t` by the caller (docs/design.md §3: at `is_first_t` the map is
 `x -> 0 * x + (lam * x_init + B u_t)`), so the recurrence itself stays the plain one and every
 implementation below computes the same numbers.
@@ -43,7 +45,7 @@ def _chunk_len(T: int) -> int:
 
 
 def _coefficients(lam: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """a_t = lam * keep_t, materialised as (B, T, P) complex."""
+    """a_t = lam_t * keep_t, materialised as (B, T, P) complex (lam (P,) or (B, T, P))."""
     return lam * keep.unsqueeze(-1)
 
 
@@ -62,21 +64,33 @@ def _chunked(lam: torch.Tensor, keep: torch.Tensor, b: torch.Tensor, x0: torch.T
     L = _chunk_len(T)
     C = -(-T // L)
     pad = C * L - T
+    varying = lam.dim() == 3
     if pad:
         # Pad on the side the scan reaches last, so padding never feeds a real output.
         where = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
         b = torch.nn.functional.pad(b, where)
         keep = torch.nn.functional.pad(keep, where[2:])
+        if varying:
+            lam = torch.nn.functional.pad(lam, where)
     b = b.reshape(B, C, L, P)  # (B, C, L, P)
-    keep = keep.reshape(B, C, L, 1)
+    if varying:
+        a = _coefficients(lam, keep).reshape(B, C, L, P)  # (B, C, L, P)
+        span = a.prod(dim=2)  # (B, C, P)
+    else:
+        # Time-invariant: a_t = lam * keep_t is formed one step at a time, never all at once.
+        keep = keep.reshape(B, C, L, 1)
+        span = lam**L * keep.prod(dim=2)  # (B, C, P)
+
+    def coef(l: int) -> torch.Tensor:
+        return a[:, :, l] if varying else lam * keep[:, :, l]
+
     order = range(L - 1, -1, -1) if reverse else range(L)
     # 1. The state each chunk ends with when started from zero, for all chunks at once. Only a
     #    (B, C, P) running value is kept, so this pass reads b and writes nothing big.
     end = torch.zeros(B, C, P, dtype=b.dtype, device=b.device)
     for l in order:
-        end = torch.addcmul(b[:, :, l], lam * keep[:, :, l], end)
-    # 2. Carry the true state across chunks: the chunk's map is x -> (lam^L prod keep) x + end.
-    span = lam**L * keep.prod(dim=2)  # (B, C, P)
+        end = torch.addcmul(b[:, :, l], coef(l), end)
+    # 2. Carry the true state across chunks: the chunk's map is x -> (prod_l a_l) x + end.
     carries = torch.empty(B, C, P, dtype=b.dtype, device=b.device)
     carry = x0
     for c in range(C - 1, -1, -1) if reverse else range(C):
@@ -86,13 +100,14 @@ def _chunked(lam: torch.Tensor, keep: torch.Tensor, b: torch.Tensor, x0: torch.T
     x = torch.empty_like(b)
     prev = carries
     for l in order:
-        prev = torch.addcmul(b[:, :, l], lam * keep[:, :, l], prev, out=x[:, :, l])
+        prev = torch.addcmul(b[:, :, l], coef(l), prev, out=x[:, :, l])
     x = x.reshape(B, C * L, P)
     return x[:, pad:] if reverse else x[:, :T]
 
 
 def _associative(lam: torch.Tensor, keep: torch.Tensor, b: torch.Tensor, x0: torch.Tensor, reverse: bool):
     if reverse:
+        lam = lam.flip(1) if lam.dim() == 3 else lam
         return _associative(lam, keep.flip(1), b.flip(1), x0, reverse=False).flip(1)
     T = b.shape[1]
     a = _coefficients(lam, keep)
@@ -122,20 +137,29 @@ class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_x):
         lam, keep, x, x0 = ctx.saved_tensors
+        varying = lam.dim() == 3
         # Adjoint: g_t = grad_x_t + conj(a_{t+1}) g_{t+1}, a reverse-time recurrence whose
-        # coefficient at t is conj(lam) * keep_{t+1} (zero past the end).
+        # coefficient at t is conj(lam_{t+1}) * keep_{t+1} (zero past the end).
         keep_next = torch.nn.functional.pad(keep[:, 1:], (0, 1))
+        # keep_next is 0 at the last step, so the wrapped-around lam there never counts.
+        lam_next = lam.roll(-1, dims=1) if varying else lam
         g = _IMPLEMENTATIONS[ctx.method](
-            lam.conj(), keep_next, grad_x.contiguous(), torch.zeros_like(x0), reverse=True
+            lam_next.conj(), keep_next, grad_x.contiguous(), torch.zeros_like(x0), reverse=True
         )
         grad_lam = grad_x0 = None
         if ctx.needs_input_grad[0]:
-            # da_t/dlam = keep_t, so dL/dlam = sum_t keep_t * g_t * conj(x_{t-1}).
-            # A plain product and sum; einsum takes a path here that is about 6x slower on CPU.
-            grad_lam = (g[:, 1:] * x[:, :-1].conj()).mul_(keep[:, 1:, None]).sum((0, 1))
-            grad_lam += (g[:, 0] * x0.conj()).mul_(keep[:, :1]).sum(0)
+            # da_t/dlam_t = keep_t, so dL/dlam_t = keep_t * g_t * conj(x_{t-1}) (summed over
+            # (B, T) when lam is shared). A plain product and sum; einsum takes a path here
+            # that is about 6x slower on CPU.
+            if varying:
+                x_prev = torch.cat([x0.unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, P)
+                grad_lam = (g * x_prev.conj()).mul_(keep[:, :, None])
+            else:
+                grad_lam = (g[:, 1:] * x[:, :-1].conj()).mul_(keep[:, 1:, None]).sum((0, 1))
+                grad_lam += (g[:, 0] * x0.conj()).mul_(keep[:, :1]).sum(0)
         if ctx.needs_input_grad[3]:
-            grad_x0 = (lam * keep[:, :1]).conj() * g[:, 0]
+            lam0 = lam[:, 0] if varying else lam
+            grad_x0 = (lam0 * keep[:, :1]).conj() * g[:, 0]
         return grad_lam, None, g, grad_x0, None
 
 
@@ -149,7 +173,7 @@ def linear_recurrence(
     """All states of `x_t = lam * keep_t * x_{t-1} + b_t`.
 
     Args:
-        lam: (P,) complex, the diagonal transition.
+        lam: (P,) complex, the diagonal transition, or (B, T, P) complex, one per step.
         keep: (B, T) bool or float, 0 where the state restarts (its reset value lives in `b`).
         b: (B, T, P) complex, the inputs.
         x0: (B, P) complex, the state before the first step.
@@ -160,7 +184,7 @@ def linear_recurrence(
     """
     assert b.dim() == 3 and b.is_complex(), f"b must be (B, T, P) complex, got {tuple(b.shape)} {b.dtype}"
     B, T, P = b.shape
-    assert lam.shape == (P,), f"lam must be ({P},), got {tuple(lam.shape)}"
+    assert lam.shape in ((P,), (B, T, P)), f"lam must be ({P},) or ({B}, {T}, {P}), got {tuple(lam.shape)}"
     assert keep.shape == (B, T), f"keep must be ({B}, {T}), got {tuple(keep.shape)}"
     assert x0.shape == (B, P), f"x0 must be ({B}, {P}), got {tuple(x0.shape)}"
     if method == "auto":
@@ -178,6 +202,7 @@ def linear_recurrence_autograd_loop(
     xs = []
     x = x0
     for t in range(b.shape[1]):
-        x = lam * keep[:, t] * x + b[:, t]
+        lam_t = lam[:, t] if lam.dim() == 3 else lam
+        x = lam_t * keep[:, t] * x + b[:, t]
         xs.append(x)
     return torch.stack(xs, dim=1)

@@ -11,8 +11,17 @@ The S5 layer (Smith et al., 2023) is MIMO with a diagonal complex state of size 
     x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,      y_t = Re(C̃ x_t) + D ⊙ u_t
 
 with Λ̄, B̄ the zero-order-hold or bilinear discretisation of the continuous (Λ, B̃) with a learned
-per-state step size Δ. At an episode's first step the incoming state is replaced by `x_init`
-(zeros, or learned), which the recurrence sees as the affine map `x -> 0·x + (Λ̄ x_init + B̄ u_t)`.
+per-state step size Δ. With `selective=True` the step size depends on the input,
+Δ_t = softplus(W_Δ u_t + softplus⁻¹(Δ)), so Λ̄_t and B̄_t change from step to step (the
+input-dependent Δ of Mamba, Gu & Dao 2023): Δ_t → 0 holds the state and ignores u_t, a large Δ_t
+overwrites it. A time-invariant layer applies one fixed kernel at every step, so picking one input
+out of a sequence by its content or position ("selective copying", docs/design.md §3) has to be
+built from the nonlinear mixing between layers; a selective layer gates it directly. It is an
+opt-in departure from R2I. W_Δ starts at zero, so a selective layer starts out as the
+time-invariant one.
+
+At an episode's first step the incoming state is replaced by `x_init` (zeros, or learned), which
+the recurrence sees as the affine map `x -> 0·x + (Λ̄ x_init + B̄ u_t)`.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ class S5Layer(nn.Module):
             LeCun-normal on the shape (P, H), whose fan-in is P, and C's real and imaginary parts
             truncated LeCun-normal on the shape (H, P, 2), whose fan-in is P·H. `unit` draws B with
             fan-in H and C with variance 1/P per complex entry, so that y_t starts at unit scale.
+        selective: input-dependent step size Δ_t (see the module docstring); off in R2I.
     """
 
     def __init__(
@@ -86,13 +96,14 @@ class S5Layer(nn.Module):
         learn_initial_state: bool = True,
         scan: str = "auto",
         bc_init: str = "r2i",
+        selective: bool = False,
     ):
         super().__init__()
         assert state_size % blocks == 0, f"state_size {state_size} must divide into {blocks} HiPPO blocks"
         assert discretization in ("bilinear", "zoh"), f"unknown discretization {discretization!r}"
         assert bc_init in BC_INITS, f"unknown bc_init {bc_init!r}, expected one of {BC_INITS}"
         self.hidden, self.state_size = hidden, state_size
-        self.discretization, self.scan = discretization, scan
+        self.discretization, self.scan, self.selective = discretization, scan, selective
         H, P = hidden, state_size
 
         lam, V = hippo_normal(P // blocks)
@@ -123,21 +134,33 @@ class S5Layer(nn.Module):
         self.log_dt = nn.Parameter(log_dt)
         init = torch.zeros(P, 2)
         self.x_init = nn.Parameter(init) if learn_initial_state else nn.Buffer(init)
+        if selective:
+            self.dt_proj = nn.Linear(H, P)
+            nn.init.zeros_(self.dt_proj.weight)
+            nn.init.zeros_(self.dt_proj.bias)
 
-    def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Λ̄ (P,) complex and B̄ (P, H) complex from the continuous parameters."""
+    def _discretize(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Λ̄ and the input scale s (B̄ = s B̃) for step sizes dt: (..., P) float -> (..., P) complex."""
         # Re(Λ) < 0 keeps the discrete system stable whatever the optimiser does (S5's clip_eigs).
         lam = torch.complex(self.lam_re.clamp(max=-1e-4), self.lam_im)
-        dt = self.log_dt.exp()
-        B = torch.complex(self.B_re, self.B_im)
         if self.discretization == "zoh":
             lam_bar = torch.exp(lam * dt)
-            B_bar = ((lam_bar - 1) / lam)[:, None] * B
-        else:
-            inv = 1 / (1 - dt * lam / 2)
-            lam_bar = inv * (1 + dt * lam / 2)
-            B_bar = (inv * dt)[:, None] * B
-        return lam_bar, B_bar
+            return lam_bar, (lam_bar - 1) / lam
+        inv = 1 / (1 - dt * lam / 2)
+        return inv * (1 + dt * lam / 2), inv * dt
+
+    def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Λ̄ (P,) complex and B̄ (P, H) complex at the learned step size (the time-invariant layer)."""
+        lam_bar, scale = self._discretize(self.log_dt.exp())
+        return lam_bar, scale[:, None] * torch.complex(self.B_re, self.B_im)
+
+    def _selective(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Λ̄_t and B̄_t u_t of a selective layer: u (..., H) float -> (..., P) complex each."""
+        dt = self.log_dt.exp()
+        # softplus(0 + softplus⁻¹(Δ)) = Δ, so W_Δ = 0 gives back the time-invariant layer.
+        dt_t = nn.functional.softplus(self.dt_proj(u) + torch.log(torch.expm1(dt)))  # (..., P)
+        lam_bar, scale = self._discretize(dt_t)
+        return lam_bar, scale * self._input(u, torch.complex(self.B_re, self.B_im))
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """x_init repeated: (B, P) complex64."""
@@ -172,8 +195,11 @@ class S5Layer(nn.Module):
         # Λ̄^t over hundreds of steps and the states' sums lose too much in bfloat16.
         with torch.autocast(u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
-            lam_bar, B_bar = self.discretize()
-            b = self._input(u, B_bar)  # (B, T, P)
+            if self.selective:
+                lam_bar, b = self._selective(u)  # (B, T, P) each
+            else:
+                lam_bar, B_bar = self.discretize()  # (P,), (P, H)
+                b = self._input(u, B_bar)  # (B, T, P)
             x_init = torch.view_as_complex(self.x_init.contiguous())
             # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
             b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
@@ -189,11 +215,15 @@ class S5Layer(nn.Module):
         """
         with torch.autocast(u.device.type, enabled=False):  # float32 as in `forward`
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
-            lam_bar, B_bar = self.discretize()
+            if self.selective:
+                lam_bar, b = self._selective(u)  # (B, P) each
+            else:
+                lam_bar, B_bar = self.discretize()
+                b = self._input(u, B_bar)
             if is_first is not None:
                 x_init = torch.view_as_complex(self.x_init.contiguous())
                 x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
-            x = lam_bar * x_prev + self._input(u, B_bar)
+            x = lam_bar * x_prev + b
             return self._output(x, u), x
 
 
