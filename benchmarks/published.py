@@ -17,6 +17,7 @@ published ones. `score(env, steps, repeat)` reads the window that ends nearest `
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import sys
@@ -85,8 +86,14 @@ def rebuild(folder: Path, path: Path = STORE) -> dict[str, Any]:
 
 
 def stored(path: Path = STORE) -> dict[str, dict[str, Any]]:
-    """Env id -> its binned curve (empty without a store)."""
-    return json.loads(path.read_text())["curves"] if path.is_file() else {}
+    """Env id -> its binned curve (empty without a store); read once per version of the file."""
+    return _read(path, path.stat().st_mtime_ns) if path.is_file() else {}
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: Path, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    # mtime_ns is part of the key only, so that a rebuilt store is read again.
+    return json.loads(path.read_text())["curves"]
 
 
 def score(env: str, steps: int, repeat: int | None = None, path: Path = STORE) -> float | None:
