@@ -59,9 +59,14 @@ def test_reset_alignment():
     assert (fresh["h"][:, :cut] - post["h"][:, :cut]).abs().max() > 1e-4
 
 
-def test_step_mode_equals_observe():
+@pytest.mark.parametrize("selective", [False, True], ids=["lti", "selective"])
+def test_step_mode_equals_observe(selective):
     """Acting step by step gives the posterior states that observe computes in parallel."""
-    model, _ = make_model(VECTOR)
+    model, _ = make_model(VECTOR, **{"s3m.selective": selective})
+    if selective:
+        with torch.no_grad():  # away from the zero init, so that the step sizes vary
+            for block in model.ssm.layers:
+                block.ssm.dt_proj.weight.normal_(0.0, 0.5)
     deterministic_latents(model)
     batch = make_batch(VECTOR, 3, 10, reset_at=(4, 7))
     post, _, _, last = model.observe(batch)
