@@ -8,14 +8,19 @@ has to build the selection out of its GLUs across layers. A selective S5 layer
 (`S5Layer(selective=True)`, world_model/ssm.py) can set its step size Δ_t → 0 after the first step:
 hold the state, ignore the input.
 
-Each variant is an `SSMStack` between a linear embedding of the one-hot card and a linear readout,
-trained with Adam on cross-entropy over all steps (fresh random sequences every update). Printed
-per variant and seed: the accuracy on the last quarter of the steps of held-out sequences every
-`--every` updates, the first update at which it reaches 90% ("-" if never), and the wall time of the
-run as a ratio to the time-invariant one.
+`--task reward` asks what a world model's reward head must predict on RepeatFirst under a random
+policy: with the card and the previous action a_{t-1} as inputs, whether a_{t-1} named the first
+card, which needs the held card and the current input combined.
+
+Each variant is an `SSMStack` between a linear embedding of the one-hot inputs and a linear
+readout, trained with Adam on cross-entropy over all steps (fresh random sequences every update).
+Printed per variant and seed: the balanced accuracy on the last quarter of the steps of held-out
+sequences every `--every` updates, the first update at which it reaches 90% ("-" if never), and
+the wall time of the run as a ratio to the time-invariant one.
 
     python benchmarks/selective_copy.py                       # T = 128, 2 layers, both variants
     python benchmarks/selective_copy.py --length 416 --updates 3000 --seeds 0 1 2
+    python benchmarks/selective_copy.py --task reward --length 416
 """
 
 from __future__ import annotations
@@ -33,50 +38,71 @@ VARIANTS = {"time-invariant": False, "selective": True}  # name -> S5Layer(selec
 
 
 class CopyModel(nn.Module):
-    """one-hot card (B, T, cards) -> SSMStack (B, T, H) -> logits (B, T, cards)."""
+    """inputs (B, T, I) float -> SSMStack (B, T, H) -> logits (B, T, classes)."""
 
-    def __init__(self, cards: int, width: int, state_size: int, layers: int, selective: bool):
+    def __init__(self, inputs: int, classes: int, width: int, state_size: int, layers: int, selective: bool):
         super().__init__()
-        self.embed = nn.Linear(cards, width)
+        self.embed = nn.Linear(inputs, width)
         self.stack = SSMStack(width, state_size, layers, blocks=1, selective=selective, scan="auto")
-        self.readout = nn.Linear(width, cards)
+        self.readout = nn.Linear(width, classes)
 
-    def forward(self, cards: torch.Tensor) -> torch.Tensor:
-        B, T = cards.shape
-        u = self.embed(nn.functional.one_hot(cards, self.readout.out_features).float())  # (B, T, H)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        B, T, _ = inputs.shape
         is_first = torch.zeros(B, T, dtype=torch.bool)
         is_first[:, 0] = True
-        y, _ = self.stack(u, is_first, self.stack.initial_state(B))
+        y, _ = self.stack(self.embed(inputs), is_first, self.stack.initial_state(B))  # (B, T, H)
         return self.readout(y)
 
 
-def batch(batch_size: int, length: int, cards: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Cards (B, T) int64 and targets (B, T) int64: the first card at every step."""
+def sizes(task: str, cards: int) -> tuple[int, int]:
+    """(input width, classes) of a task."""
+    return (cards, cards) if task == "copy" else (2 * cards, 2)
+
+
+def batch(
+    task: str, batch_size: int, length: int, cards: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """Inputs (B, T, I) float32 and targets (B, T) int64.
+
+    copy: one-hot cards in, the first card out at every step. reward: the card and a uniformly
+    random previous action a_{t-1} in (one-hot each), and out whether a_{t-1} named the first card
+    (RepeatFirst's reward under a random policy; 0 at t = 0, before any action).
+    """
     seq = torch.randint(cards, (batch_size, length), generator=gen)
-    return seq, seq[:, :1].expand(-1, length)
+    card = nn.functional.one_hot(seq, cards).float()  # (B, T, cards)
+    if task == "copy":
+        return card, seq[:, :1].expand(-1, length)
+    action = torch.randint(cards, (batch_size, length), generator=gen)
+    action[:, 0] = -1  # no action before the first step
+    prev = nn.functional.one_hot(action.clamp(min=0), cards).float() * (action >= 0)[..., None]
+    return torch.cat([card, prev], -1), (action == seq[:, :1]).long()
 
 
-def accuracy(model: CopyModel, seq: torch.Tensor, target: torch.Tensor) -> float:
-    """Accuracy over the last quarter of the steps, where the first card is furthest back."""
+def accuracy(model: CopyModel, inputs: torch.Tensor, target: torch.Tensor) -> float:
+    """Balanced accuracy (mean recall over the classes) on the last quarter of the steps, where
+    the first card is furthest back; chance is 1 / classes whatever the class frequencies."""
     with torch.no_grad():
-        pred = model(seq).argmax(-1)
-    tail = seq.shape[1] - seq.shape[1] // 4
-    return (pred[:, tail:] == target[:, tail:]).float().mean().item()
+        pred = model(inputs).argmax(-1)
+    tail = inputs.shape[1] - inputs.shape[1] // 4
+    pred, target = pred[:, tail:], target[:, tail:]
+    recalls = [(pred[target == c] == c).float().mean() for c in target.unique()]
+    return torch.stack(recalls).mean().item()
 
 
 def train(args: argparse.Namespace, selective: bool, seed: int) -> tuple[list[float], float]:
     """Accuracy every `--every` updates and the wall time in seconds."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = CopyModel(args.cards, args.width, args.state_size, args.layers, selective)
+    inputs, classes = sizes(args.task, args.cards)
+    model = CopyModel(inputs, classes, args.width, args.state_size, args.layers, selective)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    test = batch(256, args.length, args.cards, torch.Generator().manual_seed(10_000 + seed))
+    test = batch(args.task, 256, args.length, args.cards, torch.Generator().manual_seed(10_000 + seed))
     curve = []
     start = time.perf_counter()
     for update in range(1, args.updates + 1):
-        seq, target = batch(args.batch, args.length, args.cards, gen)
-        logits = model(seq)  # (B, T, cards)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, args.cards), target.reshape(-1))
+        inputs, target = batch(args.task, args.batch, args.length, args.cards, gen)
+        logits = model(inputs)  # (B, T, classes)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, classes), target.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -88,6 +114,7 @@ def train(args: argparse.Namespace, selective: bool, seed: int) -> tuple[list[fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("copy", "reward"), default="copy", help="what to predict")
     parser.add_argument("--length", type=int, default=128, help="T, the sequence length")
     parser.add_argument("--cards", type=int, default=4, help="how many distinct cards")
     parser.add_argument("--width", type=int, default=64, help="H of the SSM stack")
@@ -104,10 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: need --length >= 4, --cards >= 2 and 1 <= --every <= --updates")
     torch.set_num_threads(args.threads)
 
+    what = "the first card" if args.task == "copy" else "whether a_{t-1} named the first card"
     print(
-        f"selective copying: T={args.length}, {args.cards} cards, H={args.width}, P={args.state_size}, "
-        f"{args.layers} layers, B={args.batch}, chance {1 / args.cards:.2f}; "
-        f"accuracy on the last quarter of the steps every {args.every} updates"
+        f"selective copying, predict {what}: T={args.length}, {args.cards} cards, H={args.width}, "
+        f"P={args.state_size}, {args.layers} layers, B={args.batch}, chance "
+        f"{1 / sizes(args.task, args.cards)[1]:.2f}; balanced accuracy on the last quarter of the "
+        f"steps every {args.every} updates"
     )
     print(f"{'variant':<15} {'seed':>4}  {'first >= 0.9':>12}  {'final':>6}  {'time':>5}  curve")
     base: dict[int, float] = {}

@@ -6,22 +6,33 @@ import torch
 from benchmarks.selective_copy import CopyModel, batch, main
 
 
-def test_targets_are_the_first_card():
-    seq, target = batch(5, 9, 3, torch.Generator().manual_seed(0))
-    assert seq.shape == target.shape == (5, 9)
-    assert (target == seq[:, :1]).all()
+def test_copy_targets_are_the_first_card():
+    inputs, target = batch("copy", 5, 9, 3, torch.Generator().manual_seed(0))
+    assert inputs.shape == (5, 9, 3) and target.shape == (5, 9)
+    assert (target == inputs[:, :1].argmax(-1)).all()
+
+
+def test_reward_targets_say_whether_the_last_action_named_the_first_card():
+    inputs, target = batch("reward", 64, 9, 3, torch.Generator().manual_seed(0))
+    assert inputs.shape == (64, 9, 6) and target.shape == (64, 9)
+    card, prev = inputs[..., :3], inputs[..., 3:]
+    assert (prev[:, 0] == 0).all() and (target[:, 0] == 0).all(), "no action before the first step"
+    match = (prev[:, 1:].argmax(-1) == card[:, :1].argmax(-1)).long()
+    assert torch.equal(target[:, 1:], match)
+    assert 0 < target.float().mean() < 1
 
 
 @pytest.mark.parametrize("selective", [False, True])
 def test_model_shapes_and_selective_layers(selective):
-    model = CopyModel(cards=3, width=8, state_size=4, layers=2, selective=selective)
-    logits = model(torch.randint(3, (2, 7)))
-    assert logits.shape == (2, 7, 3)
+    model = CopyModel(inputs=6, classes=2, width=8, state_size=4, layers=2, selective=selective)
+    logits = model(torch.randn(2, 7, 6))
+    assert logits.shape == (2, 7, 2)
     assert all(block.ssm.selective == selective for block in model.stack.layers)
 
 
-def test_prints_one_row_per_variant_and_seed(capsys):
-    main("--length 8 --updates 4 --every 2 --width 8 --state-size 4 --seeds 0 1".split())
+@pytest.mark.parametrize("task", ["copy", "reward"])
+def test_prints_one_row_per_variant_and_seed(capsys, task):
+    main(f"--task {task} --length 8 --updates 4 --every 2 --width 8 --state-size 4 --seeds 0 1".split())
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [(row[0], row[1]) for row in rows] == [
         ("time-invariant", "0"),
