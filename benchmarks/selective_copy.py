@@ -1,4 +1,4 @@
-"""Can an SSM stack hold the first of T inputs while T-1 others arrive? Time-invariant vs selective S5.
+"""Can a sequence model hold the first of T inputs while T-1 others arrive? S5 stacks against a GRU.
 
 The task of POPGym RepeatFirst in isolation, without an agent or a world model: a sequence of T
 cards (one of `--cards`, uniform), and at every step the target is the first card. A GRU latches it
@@ -6,7 +6,8 @@ with one gate. A time-invariant S5 layer's output is a fixed convolution of its 
 kernel at every step, so it cannot weigh the first input by a position that moves with t; a stack
 has to build the selection out of its GLUs across layers. A selective S5 layer
 (`S5Layer(selective=True)`, world_model/ssm.py) can set its step size Δ_t → 0 after the first step:
-hold the state, ignore the input.
+hold the state, ignore the input. A GRU of the same width and depth is the RSSM's kind of
+recurrence.
 
 `--task reward` asks what a world model's reward head must predict on RepeatFirst under a random
 policy: with the card and the previous action a_{t-1} as inputs, whether a_{t-1} named the first
@@ -16,7 +17,7 @@ Each variant is an `SSMStack` between a linear embedding of the one-hot inputs a
 readout, trained with Adam on cross-entropy over all steps (fresh random sequences every update).
 Printed per variant and seed: the balanced accuracy on the last quarter of the steps of held-out
 sequences every `--every` updates, the first update at which it reaches 90% ("-" if never), and
-the wall time of the run as a ratio to the time-invariant one.
+the wall time of the run as a ratio to the first variant's.
 
     python benchmarks/selective_copy.py                       # T = 128, 2 layers, both variants
     python benchmarks/selective_copy.py --length 416 --updates 3000 --seeds 0 1 2
@@ -34,23 +35,33 @@ from torch import nn
 from world_model.ssm import SSMStack
 
 GOAL = 0.9  # accuracy counted as "learned"
-VARIANTS = {"time-invariant": False, "selective": True}  # name -> S5Layer(selective=...)
+VARIANTS = ("time-invariant", "selective", "gru")  # S5 stacks without and with selection, a GRU
 
 
 class CopyModel(nn.Module):
     """inputs (B, T, I) float -> SSMStack (B, T, H) -> logits (B, T, classes)."""
 
-    def __init__(self, inputs: int, classes: int, width: int, state_size: int, layers: int, selective: bool):
+    def __init__(self, inputs: int, classes: int, width: int, state_size: int, layers: int, variant: str):
         super().__init__()
+        assert variant in VARIANTS, f"unknown variant {variant!r}, expected one of {VARIANTS}"
         self.embed = nn.Linear(inputs, width)
-        self.stack = SSMStack(width, state_size, layers, blocks=1, selective=selective, scan="auto")
+        if variant == "gru":  # the RSSM's kind of recurrence, as deep as the stack
+            self.core = nn.GRU(width, width, num_layers=layers, batch_first=True)
+        else:
+            self.core = SSMStack(
+                width, state_size, layers, blocks=1, selective=variant == "selective", scan="auto"
+            )
         self.readout = nn.Linear(width, classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         B, T, _ = inputs.shape
-        is_first = torch.zeros(B, T, dtype=torch.bool)
-        is_first[:, 0] = True
-        y, _ = self.stack(self.embed(inputs), is_first, self.stack.initial_state(B))  # (B, T, H)
+        u = self.embed(inputs)  # (B, T, H)
+        if isinstance(self.core, nn.GRU):
+            y, _ = self.core(u)
+        else:
+            is_first = torch.zeros(B, T, dtype=torch.bool)
+            is_first[:, 0] = True
+            y, _ = self.core(u, is_first, self.core.initial_state(B))
         return self.readout(y)
 
 
@@ -89,12 +100,12 @@ def accuracy(model: CopyModel, inputs: torch.Tensor, target: torch.Tensor) -> fl
     return torch.stack(recalls).mean().item()
 
 
-def train(args: argparse.Namespace, selective: bool, seed: int) -> tuple[list[float], float]:
+def train(args: argparse.Namespace, variant: str, seed: int) -> tuple[list[float], float]:
     """Accuracy every `--every` updates and the wall time in seconds."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     inputs, classes = sizes(args.task, args.cards)
-    model = CopyModel(inputs, classes, args.width, args.state_size, args.layers, selective)
+    model = CopyModel(inputs, classes, args.width, args.state_size, args.layers, variant)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     test = batch(args.task, 256, args.length, args.cards, torch.Generator().manual_seed(10_000 + seed))
     curve = []
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=1500, help="updates per run")
     parser.add_argument("--every", type=int, default=250, help="evaluate every this many updates")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     if args.length < 4 or args.cards < 2 or args.updates < args.every or args.every < 1:
@@ -140,9 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{'variant':<15} {'seed':>4}  {'first >= 0.9':>12}  {'final':>6}  {'time':>5}  curve")
     base: dict[int, float] = {}
-    for name, selective in VARIANTS.items():
+    for name in args.variants:
         for seed in args.seeds:
-            curve, wall = train(args, selective, seed)
+            curve, wall = train(args, name, seed)
             base.setdefault(seed, wall)
             reached = next((args.every * (i + 1) for i, acc in enumerate(curve) if acc >= GOAL), None)
             print(

@@ -22,12 +22,18 @@ def test_reward_targets_say_whether_the_last_action_named_the_first_card():
     assert 0 < target.float().mean() < 1
 
 
-@pytest.mark.parametrize("selective", [False, True])
-def test_model_shapes_and_selective_layers(selective):
-    model = CopyModel(inputs=6, classes=2, width=8, state_size=4, layers=2, selective=selective)
+@pytest.mark.parametrize("variant", ["time-invariant", "selective"])
+def test_model_shapes_and_selective_layers(variant):
+    model = CopyModel(inputs=6, classes=2, width=8, state_size=4, layers=2, variant=variant)
     logits = model(torch.randn(2, 7, 6))
     assert logits.shape == (2, 7, 2)
-    assert all(block.ssm.selective == selective for block in model.stack.layers)
+    assert all(block.ssm.selective == (variant == "selective") for block in model.core.layers)
+
+
+def test_gru_variant():
+    model = CopyModel(inputs=6, classes=2, width=8, state_size=4, layers=2, variant="gru")
+    assert isinstance(model.core, torch.nn.GRU) and model.core.num_layers == 2
+    assert model(torch.randn(2, 7, 6)).shape == (2, 7, 2)
 
 
 @pytest.mark.parametrize("task", ["copy", "reward"])
@@ -39,6 +45,8 @@ def test_prints_one_row_per_variant_and_seed(capsys, task):
         ("time-invariant", "1"),
         ("selective", "0"),
         ("selective", "1"),
+        ("gru", "0"),
+        ("gru", "1"),
     ]
     assert all(len(row) == 5 + 2 for row in rows), "two accuracies per curve"
 
