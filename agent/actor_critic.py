@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
+from agent.precision import to_autocast_dtype
 from agent.returns import ReturnNormalizer, lambda_returns
 from configs.schema import AgentConfig
 from world_model.base import State, WorldModel
@@ -162,8 +163,8 @@ class ActorCritic(nn.Module):
 
         Returns:
             traj: states 0..H and the action taken at each, leading (H + 1, N).
-            feats: (H + 1, N, F) float32 features of those states, with a graph through the world
-                model where gradients are enabled (dynamics backprop).
+            feats: (H + 1, N, F) features of those states (float32, bfloat16 under bf16-mixed),
+                with a graph through the world model where gradients are enabled (dynamics backprop).
             logpi: (H + 1, N) float32 log π(a_t | sg(s_t)), with a graph to the actor's parameters.
             entropy: (H + 1, N) float32 entropy of π(· | sg(s_t)), likewise.
         """
@@ -172,7 +173,8 @@ class ActorCritic(nn.Module):
         entropy: list[Tensor] = []
 
         def act(state: State) -> Tensor:
-            f = world_model.features(state, self.policy_input)  # (N, F)
+            # Cast once: the actor, critic and slow critic each read f through a Linear first.
+            f = to_autocast_dtype(world_model.features(state, self.policy_input))  # (N, F)
             # The actor reads sg(s) (DreamerV3): its loss must not shape the world model's states.
             # Its distribution keeps a graph to the actor's parameters even while imagination runs
             # under no_grad, so the actor loss reuses it instead of running the actor again.
@@ -301,7 +303,7 @@ class ActorCritic(nn.Module):
 
         Args:
             dist: the critic's distribution (batch (H, N)) with a graph to its parameters.
-            feats: (H, N, F) float32 detached features, for the slow critic.
+            feats: (H, N, F) detached features (float32, bfloat16 under bf16-mixed), for the slow critic.
             target: (H, N) float32 detached λ-returns.
             weight: (H, N) float32 detached loss weights.
 

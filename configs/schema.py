@@ -100,6 +100,9 @@ class S3MConfig:
     # input-dependent step size Delta_t = softplus(W u_t + b) (Mamba's selection), so a layer can
     # hold one input and ignore the rest; a departure from R2I (time-invariant S5), off by default
     selective: bool = False
+    # under bf16-mixed, the S5 projections B u and C x run in bfloat16 like every Linear (the
+    # recurrence and its complex states stay float32); false keeps them float32
+    mixed_projections: bool = True
 
 
 @dataclass

@@ -144,3 +144,46 @@ def test_every_precision_runs_a_debug_training(precision: str, tmp_path: Path):
         m["wm/total_loss"] for m in map(json.loads, open(logdir / "metrics.jsonl")) if "wm/total_loss" in m
     ]
     assert losses and np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("selective", [False, True])
+def test_s5_projections_follow_autocast_only_with_mixed_projections(selective: bool):
+    from world_model.ssm import S5Layer
+
+    torch.manual_seed(0)
+    mixed = S5Layer(64, 32, blocks=2, selective=selective)
+    if selective:  # a nonzero W_Δ, so Δ_t depends on u
+        torch.nn.init.normal_(mixed.dt_proj.weight, std=0.1)
+    full = S5Layer(64, 32, blocks=2, selective=selective, mixed_projections=False)
+    full.load_state_dict(mixed.state_dict())
+    u, is_first = torch.randn(3, 20, 64), torch.zeros(3, 20, dtype=torch.bool)
+    x0 = mixed.initial_state(3)
+    with torch.no_grad():
+        y32, x32 = mixed(u, is_first, x0)  # no autocast: float32 either way
+        with autocast_context("bf16-mixed", CPU)():
+            y_mixed, x_mixed = mixed(u, is_first, x0)
+            y_full, x_full = full(u, is_first, x0)
+            y_step, x_step = mixed.step(u[:, 0], is_first[:, 0], x0)
+    # States complex64 and outputs float32 whatever the projections ran in.
+    assert {x_mixed.dtype, x_full.dtype, x_step.dtype} == {torch.complex64}
+    assert {y_mixed.dtype, y_full.dtype, y_step.dtype} == {torch.float32}
+    # float32 projections give float32's numbers; bfloat16 ones differ by bfloat16's rounding.
+    torch.testing.assert_close(y_full, y32, rtol=0, atol=1e-6)
+    error = (y_mixed - y32).abs().max().item()
+    assert 1e-4 < error < TOLERANCE["bf16-mixed"], error
+    torch.testing.assert_close(y_step, y_mixed[:, 0], rtol=0, atol=1e-5)
+
+
+def test_to_autocast_dtype_casts_floats_under_autocast_only():
+    from agent.precision import to_autocast_dtype
+
+    x, index = torch.randn(4, 3), torch.arange(4)
+    assert to_autocast_dtype(x) is x
+    with autocast_context("bf16-mixed", CPU)():
+        assert to_autocast_dtype(x).dtype == torch.bfloat16
+        assert to_autocast_dtype(index) is index
+        # What a Linear reads is the same whether cast before or by autocast.
+        layer = torch.nn.Linear(3, 5)
+        torch.testing.assert_close(layer(to_autocast_dtype(x)), layer(x), rtol=0, atol=0)
+    with autocast_context("32", CPU)():
+        assert to_autocast_dtype(x) is x

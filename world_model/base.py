@@ -159,8 +159,14 @@ class WorldModel(nn.Module, abc.ABC):
         return self._latent_dist(logits).sample().flatten(-2)
 
     def head_features(self, state: State) -> torch.Tensor:
-        """[h_t, z_t] (…, H + S·C): what the decoder, reward and continue heads read."""
-        return torch.cat([state["h"], state["z"]], -1)
+        """[h_t, z_t] (…, H + S·C) in h's dtype: what the decoder, reward and continue heads read.
+
+        Under bf16-mixed the S3M's h is bfloat16 (a Linear's output) and every head reads these
+        features through a Linear, which would cast them to bfloat16 anyway: one cat in h's dtype
+        gives the same numbers without a float32 copy per head.
+        """
+        h = state["h"]
+        return torch.cat([h, state["z"].to(h.dtype)], -1)
 
     @property
     def reward_unit(self) -> torch.Tensor:

@@ -62,6 +62,7 @@ class S3M(WorldModel):
             scan=ssm_cfg.scan,
             bc_init=ssm_cfg.bc_init,
             selective=ssm_cfg.selective,
+            mixed_projections=ssm_cfg.mixed_projections,
         )
         self.out = nn.Sequential(nn.Linear(H, D), nn.SiLU())
         init_weights_(self.out)

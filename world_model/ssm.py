@@ -83,6 +83,7 @@ class S5Layer(nn.Module):
             truncated LeCun-normal on the shape (H, P, 2), whose fan-in is P·H. `unit` draws B with
             fan-in H and C with variance 1/P per complex entry, so that y_t starts at unit scale.
         selective: input-dependent step size Δ_t (see the module docstring); off in R2I.
+        mixed_projections: under autocast, B̄ u and C̃ x run in the autocast dtype (see `forward`).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class S5Layer(nn.Module):
         scan: str = "auto",
         bc_init: str = "r2i",
         selective: bool = False,
+        mixed_projections: bool = True,
     ):
         super().__init__()
         assert state_size % blocks == 0, f"state_size {state_size} must divide into {blocks} HiPPO blocks"
@@ -104,6 +106,7 @@ class S5Layer(nn.Module):
         assert bc_init in BC_INITS, f"unknown bc_init {bc_init!r}, expected one of {BC_INITS}"
         self.hidden, self.state_size = hidden, state_size
         self.discretization, self.scan, self.selective = discretization, scan, selective
+        self.mixed_projections = mixed_projections
         H, P = hidden, state_size
 
         lam, V = hippo_normal(P // blocks)
@@ -154,29 +157,41 @@ class S5Layer(nn.Module):
         lam_bar, scale = self._discretize(self.log_dt.exp())
         return lam_bar, scale[:, None] * torch.complex(self.B_re, self.B_im)
 
-    def _selective(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _selective(self, u: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Λ̄_t and B̄_t u_t of a selective layer: u (..., H) float -> (..., P) complex each."""
         dt = self.log_dt.exp()
         # softplus(0 + softplus⁻¹(Δ)) = Δ, so W_Δ = 0 gives back the time-invariant layer.
         dt_t = nn.functional.softplus(self.dt_proj(u) + torch.log(torch.expm1(dt)))  # (..., P)
         lam_bar, scale = self._discretize(dt_t)
-        return lam_bar, scale * self._input(u, torch.complex(self.B_re, self.B_im))
+        return lam_bar, scale * self._input(u, torch.complex(self.B_re, self.B_im), dtype)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """x_init repeated: (B, P) complex64."""
         return torch.view_as_complex(self.x_init.contiguous()).expand(batch_size, -1).clone()
 
-    def _input(self, u: torch.Tensor, B_bar: torch.Tensor) -> torch.Tensor:
-        """B̄ u for real u (..., H) -> (..., P) complex, as one real matmul."""
+    def _matmul(self, a: torch.Tensor, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """a @ W computed in `dtype` (the layer's own, or autocast's), returned in the layer's dtype."""
+        if dtype == W.dtype:
+            return a @ W
+        return (a.to(dtype) @ W.to(dtype)).to(W.dtype)
+
+    def _input(self, u: torch.Tensor, B_bar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """B̄ u for real u (..., H) -> (..., P) complex, as one real matmul in `dtype`."""
         W = torch.view_as_real(B_bar).permute(1, 0, 2).reshape(self.hidden, 2 * self.state_size)
-        out = (u @ W).reshape(*u.shape[:-1], self.state_size, 2)  # (..., P, 2)
+        out = self._matmul(u, W, dtype).reshape(*u.shape[:-1], self.state_size, 2)  # (..., P, 2)
         return torch.view_as_complex(out)
 
-    def _output(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Re(C̃ x) + D ⊙ u for complex x (..., P) -> (..., H), as one real matmul."""
+    def _output(self, x: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Re(C̃ x) + D ⊙ u for complex x (..., P) -> (..., H), as one real matmul in `dtype`."""
         W = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(self.hidden, 2 * self.state_size)
         xr = torch.view_as_real(x).reshape(*x.shape[:-1], 2 * self.state_size)  # (..., 2P)
-        return xr @ W.T + self.D * u
+        return self._matmul(xr, W.T, dtype) + self.D * u
+
+    def _projection_dtype(self, device_type: str) -> torch.dtype:
+        """The dtype of B̄ u and C̃ x: autocast's where it is on and `mixed_projections` is set."""
+        if self.mixed_projections and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return self.B_re.dtype
 
     def forward(
         self, u: torch.Tensor, is_first: torch.Tensor, x_prev: torch.Tensor
@@ -192,19 +207,23 @@ class S5Layer(nn.Module):
             y: (B, T, H) float32 outputs; x: (B, T, P) complex64 states after every step.
         """
         # The recurrence stays in float32 / complex64 under mixed precision (agent/precision.py):
-        # Λ̄^t over hundreds of steps and the states' sums lose too much in bfloat16.
+        # Λ̄^t over hundreds of steps and the states' sums lose too much in bfloat16. The two
+        # projections B̄ u and C̃ x are per-step matmuls like any Linear's, so with
+        # `mixed_projections` they run in autocast's dtype and return float32 (Mamba keeps its
+        # projections in bfloat16 and its scan in float32 the same way).
+        dtype = self._projection_dtype(u.device.type)
         with torch.autocast(u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
             if self.selective:
-                lam_bar, b = self._selective(u)  # (B, T, P) each
+                lam_bar, b = self._selective(u, dtype)  # (B, T, P) each
             else:
                 lam_bar, B_bar = self.discretize()  # (P,), (P, H)
-                b = self._input(u, B_bar)  # (B, T, P)
+                b = self._input(u, B_bar, dtype)  # (B, T, P)
             x_init = torch.view_as_complex(self.x_init.contiguous())
             # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
             b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
             x = linear_recurrence(lam_bar, ~is_first, b, x_prev, self.scan)
-            return self._output(x, u), x
+            return self._output(x, u, dtype), x
 
     def step(
         self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
@@ -213,18 +232,19 @@ class S5Layer(nn.Module):
 
         `is_first=None` means no step restarts (imagination), which skips the reset select.
         """
+        dtype = self._projection_dtype(u.device.type)
         with torch.autocast(u.device.type, enabled=False):  # float32 as in `forward`
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
             if self.selective:
-                lam_bar, b = self._selective(u)  # (B, P) each
+                lam_bar, b = self._selective(u, dtype)  # (B, P) each
             else:
                 lam_bar, B_bar = self.discretize()
-                b = self._input(u, B_bar)
+                b = self._input(u, B_bar, dtype)
             if is_first is not None:
                 x_init = torch.view_as_complex(self.x_init.contiguous())
                 x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
             x = lam_bar * x_prev + b
-            return self._output(x, u), x
+            return self._output(x, u, dtype), x
 
 
 class SSMBlock(nn.Module):
