@@ -133,7 +133,8 @@ class Agent:
         assert state["action"].shape == (num_envs, self.action_dim), (
             f"Agent.policy: state is for {tuple(state['action'].shape)} actions, obs has {num_envs} envs"
         )
-        self.world_model.eval()
+        if self.world_model.training:  # `eval()` walks every submodule: only when it changes
+            self.world_model.eval()
         inputs = to_tensors({key: obs[key] for key in self.world_model.obs_space}, self.device)
         is_first = torch.as_tensor(np.asarray(obs["is_first"], dtype=bool), device=self.device)
         with self.autocast():
