@@ -731,15 +731,19 @@ def keep_freed_memory() -> None:
     Every update allocates and frees the same large activations; by default glibc unmaps blocks
     above a dynamic threshold and trims the heap, so each update pays again for fresh zeroed pages
     (measured: `Agent.train` about 10% faster at the `cpu` size, up to 1.7x for image updates).
+    The mmap threshold cannot go above 32 MiB, and an imagined trajectory's tensors at the `small`
+    size are larger (16 x 1024 x 1536 features), so no block is mmapped at all: the heap serves
+    them too and keeps them (5% off a `small` S3M update in bfloat16, `benchmarks/peer.py`).
     A no-op where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # glibc's mallopt parameter numbers
     libc.mallopt(m_mmap_threshold, 32 * 2**20)  # the largest value glibc accepts
     libc.mallopt(m_trim_threshold, 2**30)
+    libc.mallopt(m_mmap_max, 0)
 
 
 def check_resume(cfg: Config, checkpoint: str, world: World) -> None:

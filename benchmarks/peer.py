@@ -99,7 +99,11 @@ PEER_WIDTHS = {
     "agent.horizon": "horizon",
 }
 # run_agent.keep_freed_memory's mallopt values, as glibc's environment variables.
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+    "MALLOC_MMAP_MAX_": "0",
+}
 
 # The driver, run by the peer's python as `driver.py WARMUP UPDATES THREADS OVERRIDE...`. It only
 # wraps sheeprl's functions in timers; sheeprl computes the update as it always does.

@@ -113,6 +113,18 @@ def test_straight_through_sample_is_one_hot_with_gradients() -> None:
     assert dist.mode().shape == (6, 32, 16)
 
 
+def test_sample_without_gradients_is_the_same_one_hot() -> None:
+    logits = torch.randn(6, 32, 16)
+    torch.manual_seed(3)
+    with_grad = OneHotCategorical(logits.clone().requires_grad_(), unimix=0.01).sample()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        without = OneHotCategorical(logits, unimix=0.01).sample()
+    assert with_grad.requires_grad and not without.requires_grad
+    assert without.dtype == torch.float32
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+
+
 def test_sampling_frequencies_match_probs() -> None:
     probs = torch.tensor([0.1, 0.2, 0.7])
     dist = OneHotCategorical(torch.log(probs).expand(20000, 3))

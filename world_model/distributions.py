@@ -202,17 +202,21 @@ class OneHotCategorical:
         assert 0.0 <= unimix < 1.0, f"OneHotCategorical: unimix must be in [0, 1), got {unimix}"
         logits = logits.float()
         if unimix > 0.0:
-            probs = (1.0 - unimix) * torch.softmax(logits, -1) + unimix / logits.shape[-1]
-            self.logits = torch.log(probs)
-            self.probs = probs
+            self.probs = (1.0 - unimix) * torch.softmax(logits, -1) + unimix / logits.shape[-1]
         else:
-            self.logits = F.log_softmax(logits, -1)
-            self.probs = self.logits.exp()
+            self._logits = F.log_softmax(logits, -1)
+            self.probs = self._logits.exp()
         self.unimix = unimix
+
+    @functools.cached_property
+    def logits(self) -> Tensor:
+        """(..., C) float32 log(probs), computed when first read: sampling does not need it (an
+        imagined step samples 1024 x 32 latents of 32 classes and never reads their logits)."""
+        return self._logits if self.unimix == 0.0 else torch.log(self.probs)
 
     @property
     def num_classes(self) -> int:
-        return self.logits.shape[-1]
+        return self.probs.shape[-1]
 
     def sample(self) -> Tensor:
         """(..., C) float32 one-hot sample with straight-through gradients to the logits.
@@ -223,8 +227,11 @@ class OneHotCategorical:
         # probabilities; several times faster on CPU than torch.multinomial for many small rows.
         cdf = self.probs.detach().cumsum(-1)
         u = torch.rand(*cdf.shape[:-1], 1, device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
-        index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.num_classes - 1).squeeze(-1)
-        onehot = F.one_hot(index, self.num_classes).to(self.probs.dtype)
+        index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.num_classes - 1)  # (..., 1)
+        # Scattered straight into float32: F.one_hot would fill an int64 tensor and then copy it.
+        onehot = torch.zeros_like(cdf).scatter_(-1, index, 1.0)
+        if not self.probs.requires_grad:
+            return onehot  # no gradient to pass through (imagination under no_grad)
         # The bracket is exactly zero in value, so the sample is exactly one-hot.
         return onehot + (self.probs - self.probs.detach())
 
@@ -234,8 +241,8 @@ class OneHotCategorical:
 
     def log_prob(self, onehot: Tensor) -> Tensor:
         """(...,) float32 log-probability of a one-hot value (..., C)."""
-        assert onehot.shape == self.logits.shape, (
-            f"OneHotCategorical.log_prob: value {tuple(onehot.shape)} vs logits {tuple(self.logits.shape)}"
+        assert onehot.shape == self.probs.shape, (
+            f"OneHotCategorical.log_prob: value {tuple(onehot.shape)} vs logits {tuple(self.probs.shape)}"
         )
         return (onehot.float() * self.logits).sum(-1)
 
