@@ -185,3 +185,14 @@ def test_bernoulli_and_losses() -> None:
     pred, target = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
     torch.testing.assert_close(mse(pred, target, dims=2), ((pred - target) ** 2).sum((-1, -2)))
     torch.testing.assert_close(symlog_mse(symlog(target), target, dims=1), torch.zeros(2, 4))
+
+
+def test_twohot_mean_is_float32_under_autocast_and_equals_the_bin_expectation() -> None:
+    logits = torch.randn(7, 255) * 3
+    plain = TwoHot(logits)
+    expected = symexp((plain.log_probs.exp() * _bins()).sum(-1))
+    torch.testing.assert_close(TwoHot(logits).mean(), expected, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = TwoHot(logits.bfloat16()).mean()
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, TwoHot(logits.bfloat16().float()).mean(), rtol=0, atol=0)

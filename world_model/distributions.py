@@ -124,16 +124,26 @@ class TwoHot:
         assert bins.shape == (num_bins,), f"TwoHot: {num_bins} logits but bins {tuple(bins.shape)}"
         self.logits = logits.float()
         self.bins = bins
-        self.log_probs = F.log_softmax(self.logits, dim=-1)
+
+    @functools.cached_property
+    def log_probs(self) -> Tensor:
+        """(..., K) float32 log-probabilities of the bins, computed when first read."""
+        return F.log_softmax(self.logits, dim=-1)
 
     @property
     def probs(self) -> Tensor:
         """(..., K) float32 bin probabilities."""
-        return self.log_probs.exp()
+        if "log_probs" in self.__dict__:
+            return self.log_probs.exp()
+        return torch.softmax(self.logits, dim=-1)
 
     def mean(self) -> Tensor:
         """(...,) float32: symexp of the expected bin, the raw-space prediction."""
-        return symexp((self.probs * self.bins).sum(-1))
+        # A matrix-vector product over the bins: one pass instead of a product and a sum. The
+        # imagined rewards and the slow critic's values need only this, never the log-probabilities.
+        # Autocast would compute it in bfloat16: the expected value stays float32 like the rest.
+        with torch.autocast(self.logits.device.type, enabled=False):
+            return symexp(self.probs @ self.bins)
 
     def mode(self) -> Tensor:
         """(...,) float32: same as `mean()`, as in DreamerV3 (the bins' argmax would be too coarse)."""
