@@ -123,9 +123,14 @@ def test_bf16_mixed_computes_matmuls_in_bfloat16_and_keeps_the_rest_float32(worl
     expected = reference.train(batch)
     for key in ("wm/total_loss", "wm/reward_loss", "wm/kl"):
         assert metrics[key] == pytest.approx(expected[key], rel=0.05, abs=1e-3), key
-    # Acting under autocast gives float32 actions and carries float32 / complex64 states.
+    # Acting on a CPU runs in float32 (no matmul there is large enough for bfloat16 to pay):
+    # float32 actions, float32 / complex64 states, the actor's layers in float32.
     obs = {"vector": batch["vector"][:, 0], "is_first": np.ones(2, bool)}
+    seen.clear()
+    hook = agent.actor_critic.actor.mlp.hidden[0].register_forward_hook(record("actor"))
     action, state = agent.policy(obs)
+    hook.remove()
+    assert seen == {"actor": torch.float32}
     assert action.dtype == np.float32 and np.isfinite(action).all()
     if world_model == "s3m":
         assert state["x"].dtype == torch.complex64
