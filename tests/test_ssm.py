@@ -1,5 +1,7 @@
 """S5 layers and the SSM stack: parallel mode equals step mode, with resets, in values and gradients."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -233,3 +235,36 @@ def test_selective_step_size_follows_the_input():
     assert (x[0, 1:] - x[0, :1]).abs().max() < 1e-6 * x[0, 0].abs().max().clamp(min=1e-3) + 1e-7
     _, x_lti = S5Layer(2, 4, discretization="zoh")(u, is_first, torch.zeros(1, 4, dtype=torch.complex64))
     assert (x_lti[0, 1:] - x_lti[0, :1]).abs().max() > 1e-4, "a time-invariant layer takes the distractors in"
+
+
+@pytest.mark.parametrize("selective", [False, True])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_fixed_weights_give_the_same_steps_and_gradients(selective, mixed):
+    torch.manual_seed(0)
+    stack = SSMStack(hidden=16, state_size=8, layers=2, blocks=2, selective=selective)
+    if selective:
+        for block in stack.layers:
+            torch.nn.init.normal_(block.ssm.dt_proj.weight, std=0.3)
+    u = torch.randn(6, 3, 16)  # (T, B, H)
+    x0 = stack.initial_state(3)
+
+    def roll(fixed: bool):
+        stack.zero_grad()
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed)
+        with amp, stack.fixed_weights() if fixed else contextlib.nullcontext():
+            x, ys = x0, []
+            for t in range(6):
+                y, x = stack.step(u[t], None, x)
+                ys.append(y)
+        ys = torch.stack(ys)
+        (ys.square().sum() + torch.view_as_real(x).square().sum()).backward()
+        grads = [p.grad.clone() for p in stack.parameters() if p.grad is not None]
+        return ys.detach(), grads
+
+    ys, grads = roll(False)
+    ys_fixed, grads_fixed = roll(True)
+    torch.testing.assert_close(ys_fixed, ys, rtol=0, atol=1e-6)
+    assert len(grads_fixed) == len(grads) > 0
+    for g_fixed, g in zip(grads_fixed, grads):
+        torch.testing.assert_close(g_fixed, g, rtol=1e-4, atol=1e-5)
+    assert all(block.ssm._fixed is None for block in stack.layers)  # cleared on exit

@@ -350,6 +350,11 @@ class WorldModel(nn.Module, abc.ABC):
 
     # ----- step path: act and imagine --------------------------------------------------------
 
+    def fixed_step_weights(self) -> AbstractContextManager:
+        """A context in which many `_img_step` calls see unchanged parameters, for a subclass to
+        build its per-step constants once (the S3M's discretised S5 layers); none here."""
+        return contextlib.nullcontext()
+
     def step(self, state: State, obs: Mapping[str, torch.Tensor], is_first: torch.Tensor) -> State:
         """One posterior step for acting.
 
@@ -379,11 +384,12 @@ class WorldModel(nn.Module, abc.ABC):
         """
         state = {k: start[k] for k in self.state_keys}
         states, actions = [], []
-        for _ in range(horizon):
-            action = policy(state)
-            states.append(state)
-            actions.append(action)
-            state = self._img_step(state, action)
+        with self.fixed_step_weights():
+            for _ in range(horizon):
+                action = policy(state)
+                states.append(state)
+                actions.append(action)
+                state = self._img_step(state, action)
         states.append(state)
         actions.append(policy(state))
         traj = stack_states(states)
@@ -403,9 +409,10 @@ class WorldModel(nn.Module, abc.ABC):
         states = [{k: post[k] for k in self.state_keys}]
         state = {k: last[k] for k in self.state_keys}
         imagined = []
-        for t in range(context, T):
-            state = self._img_step(state, batch["action"][:, t - 1])
-            imagined.append(state)
+        with self.fixed_step_weights():
+            for t in range(context, T):
+                state = self._img_step(state, batch["action"][:, t - 1])
+                imagined.append(state)
         if imagined:
             states.append(stack_states(imagined, dim=1))
         feats = torch.cat([self.head_features(s) for s in states], 1)  # (B, T, H + S·C)

@@ -19,6 +19,7 @@ run the same stack one step at a time. The policy can read h_t, x_t or both (`fe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -119,6 +120,10 @@ class S3M(WorldModel):
         y, x = self.ssm.step(u, None, state["x"])
         h = self.out(y)
         return {"z": self._sample_latent(self.prior(h)), "h": h, "x": x}
+
+    def fixed_step_weights(self) -> AbstractContextManager:
+        """Imagined steps reuse one discretisation of every S5 layer (`SSMStack.fixed_weights`)."""
+        return self.ssm.fixed_weights()
 
     def prior_logits(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Prior logits (…, S·C) from the output state h (…, D)."""

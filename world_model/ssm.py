@@ -26,7 +26,9 @@ the recurrence sees as the affine map `x -> 0·x + (Λ̄ x_init + B̄ u_t)`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -107,6 +109,7 @@ class S5Layer(nn.Module):
         self.hidden, self.state_size = hidden, state_size
         self.discretization, self.scan, self.selective = discretization, scan, selective
         self.mixed_projections = mixed_projections
+        self._fixed: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor] | None = None
         H, P = hidden, state_size
 
         lam, V = hippo_normal(P // blocks)
@@ -163,7 +166,8 @@ class S5Layer(nn.Module):
         # softplus(0 + softplus⁻¹(Δ)) = Δ, so W_Δ = 0 gives back the time-invariant layer.
         dt_t = nn.functional.softplus(self.dt_proj(u) + torch.log(torch.expm1(dt)))  # (..., P)
         lam_bar, scale = self._discretize(dt_t)
-        return lam_bar, scale * self._input(u, torch.complex(self.B_re, self.B_im), dtype)
+        W_B = self._input_matrix(torch.complex(self.B_re, self.B_im))
+        return lam_bar, scale * self._input(u, W_B, dtype)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """x_init repeated: (B, P) complex64."""
@@ -171,21 +175,56 @@ class S5Layer(nn.Module):
 
     def _matmul(self, a: torch.Tensor, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """a @ W computed in `dtype` (the layer's own, or autocast's), returned in the layer's dtype."""
-        if dtype == W.dtype:
+        if a.dtype == W.dtype == dtype:
             return a @ W
-        return (a.to(dtype) @ W.to(dtype)).to(W.dtype)
+        return (a.to(dtype) @ W.to(dtype)).to(self.B_re.dtype)
 
-    def _input(self, u: torch.Tensor, B_bar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _input_matrix(self, B_bar: torch.Tensor) -> torch.Tensor:
+        """B̄ (P, H) complex as the real (H, 2P) matrix of `_input`."""
+        return torch.view_as_real(B_bar).permute(1, 0, 2).reshape(self.hidden, 2 * self.state_size)
+
+    def _output_matrix(self) -> torch.Tensor:
+        """C̃ as the real (2P, H) matrix of `_output`: Re(C̃ x) = [Re x, Im x] @ [Re C̃, -Im C̃]^T."""
+        return torch.stack([self.C_re, -self.C_im], dim=-1).reshape(self.hidden, 2 * self.state_size).T
+
+    def _input(self, u: torch.Tensor, W_B: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """B̄ u for real u (..., H) -> (..., P) complex, as one real matmul in `dtype`."""
-        W = torch.view_as_real(B_bar).permute(1, 0, 2).reshape(self.hidden, 2 * self.state_size)
-        out = self._matmul(u, W, dtype).reshape(*u.shape[:-1], self.state_size, 2)  # (..., P, 2)
+        out = self._matmul(u, W_B, dtype).reshape(*u.shape[:-1], self.state_size, 2)  # (..., P, 2)
         return torch.view_as_complex(out)
 
-    def _output(self, x: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _output(
+        self, x: torch.Tensor, u: torch.Tensor, W_C: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Re(C̃ x) + D ⊙ u for complex x (..., P) -> (..., H), as one real matmul in `dtype`."""
-        W = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(self.hidden, 2 * self.state_size)
         xr = torch.view_as_real(x).reshape(*x.shape[:-1], 2 * self.state_size)  # (..., 2P)
-        return self._matmul(xr, W.T, dtype) + self.D * u
+        return self._matmul(xr, W_C, dtype) + self.D * u
+
+    @contextlib.contextmanager
+    def fixed_weights(self) -> Iterator[None]:
+        """Steps inside reuse one discretisation and one copy of the projection matrices.
+
+        For many `step` calls with unchanged parameters (an imagined trajectory): each step would
+        otherwise discretise Λ and rebuild and cast B̄ and C̃ again. Built on entry under the
+        autocast state then in force, with a graph where gradients are enabled (dynamics
+        backprop: every step's gradient flows into the one copy). The parameters must not change
+        inside. A selective layer's Λ̄_t depends on u_t, so it keeps only C̃.
+        """
+        dtype = self._projection_dtype(self.B_re.device.type)
+        if torch.is_grad_enabled() and self.B_re.requires_grad:
+            # One bfloat16 copy would sum every step's gradient in bfloat16; a float32 copy, cast
+            # at each step, sums them in float32 as the steps without it do.
+            dtype = self.B_re.dtype
+        with torch.autocast(self.B_re.device.type, enabled=False):
+            W_C = self._output_matrix()
+            if self.selective:
+                self._fixed = (None, None, W_C.to(dtype))
+            else:
+                lam_bar, B_bar = self.discretize()
+                self._fixed = (lam_bar, self._input_matrix(B_bar).to(dtype), W_C.to(dtype))
+        try:
+            yield
+        finally:
+            self._fixed = None
 
     def _projection_dtype(self, device_type: str) -> torch.dtype:
         """The dtype of B̄ u and C̃ x: autocast's where it is on and `mixed_projections` is set."""
@@ -218,12 +257,12 @@ class S5Layer(nn.Module):
                 lam_bar, b = self._selective(u, dtype)  # (B, T, P) each
             else:
                 lam_bar, B_bar = self.discretize()  # (P,), (P, H)
-                b = self._input(u, B_bar, dtype)  # (B, T, P)
+                b = self._input(u, self._input_matrix(B_bar), dtype)  # (B, T, P)
             x_init = torch.view_as_complex(self.x_init.contiguous())
             # Fold the reset into the inputs: at is_first the map is x -> Λ̄ x_init + B̄ u.
             b = b + is_first.unsqueeze(-1) * (lam_bar * x_init)
             x = linear_recurrence(lam_bar, ~is_first, b, x_prev, self.scan)
-            return self._output(x, u, dtype), x
+            return self._output(x, u, self._output_matrix(), dtype), x
 
     def step(
         self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
@@ -233,18 +272,23 @@ class S5Layer(nn.Module):
         `is_first=None` means no step restarts (imagination), which skips the reset select.
         """
         dtype = self._projection_dtype(u.device.type)
+        fixed_lam, W_B, W_C = self._fixed or (None, None, None)
         with torch.autocast(u.device.type, enabled=False):  # float32 as in `forward`
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
             if self.selective:
                 lam_bar, b = self._selective(u, dtype)  # (B, P) each
+            elif fixed_lam is not None:
+                lam_bar, b = fixed_lam, self._input(u, W_B, dtype)
             else:
                 lam_bar, B_bar = self.discretize()
-                b = self._input(u, B_bar, dtype)
+                b = self._input(u, self._input_matrix(B_bar), dtype)
             if is_first is not None:
                 x_init = torch.view_as_complex(self.x_init.contiguous())
                 x_prev = torch.where(is_first.unsqueeze(-1), x_init, x_prev)
             x = lam_bar * x_prev + b
-            return self._output(x, u, dtype), x
+            if W_C is None:
+                W_C = self._output_matrix()
+            return self._output(x, u, W_C, dtype), x
 
 
 class SSMBlock(nn.Module):
@@ -315,6 +359,14 @@ class SSMStack(nn.Module):
             u, x = block(u, is_first, x_prev[:, k])
             states.append(x)
         return u, torch.stack(states, dim=2)
+
+    @contextlib.contextmanager
+    def fixed_weights(self) -> Iterator[None]:
+        """Every layer's `S5Layer.fixed_weights`: steps inside reuse one discretisation."""
+        with contextlib.ExitStack() as stack:
+            for block in self.layers:
+                stack.enter_context(block.ssm.fixed_weights())
+            yield
 
     def step(
         self, u: torch.Tensor, is_first: torch.Tensor | None, x_prev: torch.Tensor
