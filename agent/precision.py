@@ -6,12 +6,15 @@
         ...  # forward passes only; backward runs outside (its ops follow their forward's dtypes)
 
 Under `bf16-mixed` the matmuls and convolutions of the MLPs, CNNs, heads, actor and critic run in
-bfloat16 (autocast's lower-precision op list; DreamerV3 computes in bfloat16 by default). What stays
-in float32 / complex64, and where that is arranged:
+bfloat16 (autocast's lower-precision op list; DreamerV3 computes in bfloat16 by default) in both
+updates; acting on a CPU stays float32 (`Agent.act_autocast`). What stays in float32 / complex64,
+and where that is arranged:
 
 - parameters, gradients and optimiser state: autocast casts per op and never touches them;
-- the S5 layers' discretisation, input and output projections, scan and complex states: autocast
-  is off inside `world_model.ssm.S5Layer`, whose inputs are cast to float32 there;
+- the S5 layers' discretisation, scan and complex states: autocast is off inside
+  `world_model.ssm.S5Layer`, whose inputs are cast to float32 there; its input and output
+  projections B̄u and C̃x run in bfloat16 like every Linear (`s3m.mixed_projections`, default on)
+  and return float32;
 - every distribution's log-probabilities, KL, losses and their reductions: the distributions of
   `world_model.distributions` cast their logits and predictions to float32;
 - the λ-returns and the return normaliser: computed from the float32 means of those distributions.
