@@ -109,7 +109,7 @@ class S5Layer(nn.Module):
         self.hidden, self.state_size = hidden, state_size
         self.discretization, self.scan, self.selective = discretization, scan, selective
         self.mixed_projections = mixed_projections
-        self._fixed: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor] | None = None
+        self._fixed: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | None = None
         H, P = hidden, state_size
 
         lam, V = hippo_normal(P // blocks)
@@ -160,13 +160,19 @@ class S5Layer(nn.Module):
         lam_bar, scale = self._discretize(self.log_dt.exp())
         return lam_bar, scale[:, None] * torch.complex(self.B_re, self.B_im)
 
-    def _selective(self, u: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Λ̄_t and B̄_t u_t of a selective layer: u (..., H) float -> (..., P) complex each."""
+    def _selective(
+        self, u: torch.Tensor, dtype: torch.dtype, W_B: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Λ̄_t and B̄_t u_t of a selective layer: u (..., H) float -> (..., P) complex each.
+
+        W_B: B̃'s real matrix (`_input_matrix` of B̃, before the per-step scale), if built already.
+        """
         dt = self.log_dt.exp()
         # softplus(0 + softplus⁻¹(Δ)) = Δ, so W_Δ = 0 gives back the time-invariant layer.
         dt_t = nn.functional.softplus(self.dt_proj(u) + torch.log(torch.expm1(dt)))  # (..., P)
         lam_bar, scale = self._discretize(dt_t)
-        W_B = self._input_matrix(torch.complex(self.B_re, self.B_im))
+        if W_B is None:
+            W_B = self._input_matrix(torch.complex(self.B_re, self.B_im))
         return lam_bar, scale * self._input(u, W_B, dtype)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
@@ -207,7 +213,7 @@ class S5Layer(nn.Module):
         otherwise discretise Λ and rebuild and cast B̄ and C̃ again. Built on entry under the
         autocast state then in force, with a graph where gradients are enabled (dynamics
         backprop: every step's gradient flows into the one copy). The parameters must not change
-        inside. A selective layer's Λ̄_t depends on u_t, so it keeps only C̃.
+        inside. A selective layer's Λ̄_t and input scale depend on u_t, so it keeps B̃ and C̃.
         """
         dtype = self._projection_dtype(self.B_re.device.type)
         if torch.is_grad_enabled() and self.B_re.requires_grad:
@@ -217,7 +223,8 @@ class S5Layer(nn.Module):
         with torch.autocast(self.B_re.device.type, enabled=False):
             W_C = self._output_matrix()
             if self.selective:
-                self._fixed = (None, None, W_C.to(dtype))
+                W_B = self._input_matrix(torch.complex(self.B_re, self.B_im))
+                self._fixed = (None, W_B.to(dtype), W_C.to(dtype))
             else:
                 lam_bar, B_bar = self.discretize()
                 self._fixed = (lam_bar, self._input_matrix(B_bar).to(dtype), W_C.to(dtype))
@@ -276,7 +283,7 @@ class S5Layer(nn.Module):
         with torch.autocast(u.device.type, enabled=False):  # float32 as in `forward`
             u = u.to(self.B_re.dtype)  # float32 (float64 when the layer is)
             if self.selective:
-                lam_bar, b = self._selective(u, dtype)  # (B, P) each
+                lam_bar, b = self._selective(u, dtype, W_B)  # (B, P) each
             elif fixed_lam is not None:
                 lam_bar, b = fixed_lam, self._input(u, W_B, dtype)
             else:
