@@ -117,6 +117,10 @@ class ActorCritic(nn.Module):
     # The context of the forward passes in `update`: mixed precision where the agent sets one
     # (agent/precision.py); backward passes run outside it.
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    # Loss scaling of the actor's and the critic's steps (set by the agent:
+    # agent.precision.make_grad_scaler, one per optimiser); pass-throughs unless 16-mixed.
+    actor_scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
+    critic_scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def __init__(
         self,
@@ -244,7 +248,7 @@ class ActorCritic(nn.Module):
             actor_loss = actor_losses[self.actor_grad](
                 logpi[:-1], returns, value[:-1], scale, entropy[:-1], weight[:-1], cfg.entropy
             )
-            actor_norm = self._step(self.actor_opt, actor_loss, self.actor.parameters())
+            actor_norm = self._step(self.actor_opt, self.actor_scaler, actor_loss, self.actor.parameters())
 
         # Critic loss (DreamerV3 VFunction.loss): targets and features carry no graph. Dynamics
         # backprop ran the critic frozen, so its loss needs a pass of its own.
@@ -256,7 +260,7 @@ class ActorCritic(nn.Module):
         critic_loss, slow_value = self._critic_loss(
             critic_dist, feats[:-1].detach(), returns.detach(), weight[:-1]
         )
-        critic_norm = self._step(self.critic_opt, critic_loss, self.critic.parameters())
+        critic_norm = self._step(self.critic_opt, self.critic_scaler, critic_loss, self.critic.parameters())
         self.update_slow_critic()
 
         with torch.no_grad():
@@ -316,14 +320,23 @@ class ActorCritic(nn.Module):
         nll = -dist.log_prob(target) - self.cfg.slow_critic_reg * dist.log_prob(slow_value)
         return (nll * weight).mean(), slow_value
 
-    def _step(self, opt: torch.optim.Optimizer, loss: Tensor, params: Iterator[nn.Parameter]) -> Tensor:
-        """Backward `loss`, clip `params`' gradient norm to `grad_clip`, step `opt`; the norm
-        before clipping."""
+    def _step(
+        self,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        loss: Tensor,
+        params: Iterator[nn.Parameter],
+    ) -> Tensor:
+        """Backward `loss` (scaled by `scaler`), clip `params`' true gradient norm to `grad_clip`,
+        step `opt` (which the scaler skips where the scaled gradients overflowed); the norm before
+        clipping (inf after an overflow)."""
         params = list(params)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         return norm
 
     @torch.no_grad()

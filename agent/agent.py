@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from agent.actor_critic import ActorCritic
-from agent.precision import autocast_context, resolve_precision
+from agent.precision import autocast_context, make_grad_scaler, resolve_precision
 from configs.schema import Config
 from replay import START_PREFIX, STATE_PREFIX
 from world_model.base import ObsSpace, State, WorldModel, flatten_state, to_tensors
@@ -37,6 +37,8 @@ from world_model.base import ObsSpace, State, WorldModel, flatten_state, to_tens
 MODES = ("explore", "eval")
 OPTIMIZER_KEYS = ("world_model_opt", "actor_opt", "critic_opt")
 CHECKPOINT_KEYS = ("world_model", "world_model_opt", "actor_critic", "actor_opt", "critic_opt", "updates")
+# The loss scalers' states ({} each unless 16-mixed); checkpoints written before them lack the key.
+SCALER_KEY = "loss_scalers"
 
 
 def build_world_model(cfg: Config, obs_space: ObsSpace, action_dim: int) -> WorldModel:
@@ -69,7 +71,7 @@ class Agent:
         discrete: one-hot actions, else continuous in [-1, 1].
         device: where the networks live.
 
-    `precision` is the resolved `cfg.precision` (`32` or `bf16-mixed`).
+    `precision` is the resolved `cfg.precision` (`32`, `bf16-mixed` or `16-mixed`).
     """
 
     def __init__(
@@ -97,6 +99,11 @@ class Agent:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast_context(self.precision, self.device)
         self.world_model.autocast = self.actor_critic.autocast = self.autocast
+        # One loss scaler per optimiser: each loss has its own gradient range, and a world-model
+        # overflow need not skip the actor's step. Pass-throughs unless `16-mixed`.
+        self.world_model.scaler = make_grad_scaler(self.precision, self.device)
+        self.actor_critic.actor_scaler = make_grad_scaler(self.precision, self.device)
+        self.actor_critic.critic_scaler = make_grad_scaler(self.precision, self.device)
         # Acting on a CPU stays float32: one step of a few envs has no matmul large enough for
         # bfloat16 to pay, and autocast casts every weight again at each call (its cache lasts
         # one context): 1.1 ms against 1.8-2.3 ms a `policy` call at `popgym_cpu`. On a GPU
@@ -251,6 +258,10 @@ class Agent:
             starts = {k: v[keep] for k, v in starts.items()}  # (imag_starts, ...)
             start_cont = start_cont[keep]
         metrics.update(self.actor_critic.update(self.world_model, starts, start_cont))
+        if self.scales_loss:  # 16-mixed: each scaler's current scale (halved at each overflow)
+            metrics.update(
+                {f"{name}/loss_scale": scaler.get_scale() for name, scaler in self._scalers().items()}
+            )
         self.updates += 1
         return self.reduce_metrics(metrics), states
 
@@ -267,12 +278,27 @@ class Agent:
             "actor_opt": self.actor_critic.actor_opt.state_dict(),
             "critic_opt": self.actor_critic.critic_opt.state_dict(),
             "updates": self.updates,
+            SCALER_KEY: {name: scaler.state_dict() for name, scaler in self._scalers().items()},
         }
 
+    def _scalers(self) -> dict[str, torch.amp.GradScaler]:
+        return {
+            "wm": self.world_model.scaler,
+            "actor": self.actor_critic.actor_scaler,
+            "critic": self.actor_critic.critic_scaler,
+        }
+
+    @property
+    def scales_loss(self) -> bool:
+        """Whether the updates scale their losses (`16-mixed`): an overflowed step is then
+        skipped by its scaler, not a fault."""
+        return self.world_model.scaler.is_enabled()
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` returned (strict: every key must be there)."""
+        """Restore what `state_dict` returned (strict: every key must be there, but the loss
+        scalers', which checkpoints from before them lack)."""
         expected = set(CHECKPOINT_KEYS)
-        assert set(state) == expected, (
+        assert set(state) - {SCALER_KEY} == expected, (
             f"Agent.load_state_dict: keys {sorted(state)}, expected {sorted(expected)}"
         )
         assert self.world_model.opt is not None
@@ -285,6 +311,11 @@ class Agent:
         self.actor_critic.actor_opt.load_state_dict(state["actor_opt"])
         self.actor_critic.critic_opt.load_state_dict(state["critic_opt"])
         self.updates = int(state["updates"])
+        for name, scaler in self._scalers().items():
+            saved = state.get(SCALER_KEY, {}).get(name, {})
+            # A disabled scaler saves {}: from a run of another precision a scaler starts afresh.
+            if saved and scaler.is_enabled():
+                scaler.load_state_dict(copy.deepcopy(saved))
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters: `world_model` and its parts (`world_model/<child>`), `actor`,

@@ -72,9 +72,10 @@ def nonfinite_tensors(tree: Any) -> list[str]:
     return bad
 
 
-def _watched(key: str) -> bool:
-    """Metrics whose value decides an update: every loss and every gradient norm."""
-    return "loss" in key or "grad_norm" in key
+def _watched(key: str, scales_loss: bool) -> bool:
+    """Metrics whose value decides an update: every loss and every gradient norm; only the
+    losses under loss scaling, whose scalers skip an overflowed step themselves (its norm inf)."""
+    return "loss" in key or ("grad_norm" in key and not scales_loss)
 
 
 class UpdateGuard:
@@ -127,7 +128,10 @@ class UpdateGuard:
         except BaseException:
             self.agent.load_state_dict(snapshot)  # an update cut short leaves no half-step behind
             raise
-        culprits = [f"{k}={v}" for k, v in metrics.items() if _watched(k) and not math.isfinite(v)]
+        scales_loss = self.agent.scales_loss
+        culprits = [
+            f"{k}={v}" for k, v in metrics.items() if _watched(k, scales_loss) and not math.isfinite(v)
+        ]
         if not culprits:
             culprits = [f"weight {name}" for name in nonfinite_tensors(self.agent.state_dict())]
         if not culprits:

@@ -16,7 +16,7 @@ from typing import Any
 CHOICES: dict[str, tuple[str, ...]] = {
     "world_model": ("s3m", "rssm"),
     "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "32", "bf16-mixed"),
+    "precision": ("auto", "32", "bf16-mixed", "16-mixed"),
     "model.reward_head": ("twohot", "symlog_mse"),
     "model.reward_norm": ("none", "max"),
     "s3m.discretization": ("bilinear", "zoh"),
@@ -167,7 +167,8 @@ class Config:
     device: str = "auto"  # auto picks cuda when available
     # 32, or bf16-mixed: the networks' matmuls in bfloat16, scan, losses and optimiser in float32
     # (agent/precision.py); auto takes bf16-mixed where the device has native bfloat16 (AVX-512
-    # BF16 or AMX CPUs, Ampere or newer GPUs), else 32
+    # BF16 or AMX CPUs, Ampere or newer GPUs), else 32. 16-mixed (float16 with loss scaling, for
+    # GPUs without fast bfloat16) only when asked for
     precision: str = "auto"
     # torch intra-op CPU threads; 0 keeps torch's default (one per core). On an idle 2-core CPU two
     # threads against one: updates 1.3x (popgym_cpu, bsuite_cpu) to 1.6x (cpu, small) faster, the

@@ -1,5 +1,6 @@
-"""Mixed precision: which precision a device gets, what runs in bfloat16 and what stays float32,
-step mode against `observe` under each precision, and a debug training per precision."""
+"""Mixed precision: which precision a device gets, what runs in bfloat16 / float16 and what stays
+float32, step mode against `observe` under each precision, a debug training per precision, and
+float16's loss scaling (overflowed steps skipped, scales checkpointed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from world_model_data import VECTOR, A, make_batch
 
 import run_agent
 from agent import Agent
-from agent.precision import autocast_context, cpu_flags, resolve_precision
+from agent.guards import UpdateGuard
+from agent.precision import autocast_context, cpu_flags, make_grad_scaler, resolve_precision
 from configs import load_config, load_config_file
 from configs.loader import ConfigError
 from world_model import S3M
@@ -23,8 +25,10 @@ from world_model.rssm import RSSM
 CPU = torch.device("cpu")
 # Step mode against observe, largest elementwise difference allowed: float32 differs only by the
 # order of its sums; bfloat16 keeps 8 bits of mantissa (relative error 2^-8 per rounding), and
-# an S3M or RSSM step rounds through several layers, so 0.05 on values of order 1.
-TOLERANCE = {"32": 1e-5, "bf16-mixed": 5e-2}
+# an S3M or RSSM step rounds through several layers, so 0.05 on values of order 1; float16 keeps
+# 11 bits (2^-11), so 0.01.
+TOLERANCE = {"32": 1e-5, "bf16-mixed": 5e-2, "16-mixed": 1e-2}
+HALF = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def test_cpu_flags_and_auto_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -37,6 +41,7 @@ def test_cpu_flags_and_auto_precision(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr("agent.precision.cpu_flags", lambda: {"avx2", "avx512f"})
     assert resolve_precision("auto", CPU) == "32"
     assert resolve_precision("bf16-mixed", CPU) == "bf16-mixed"  # asked for, it is given
+    assert resolve_precision("16-mixed", CPU) == "16-mixed"  # never chosen by auto, but given
     with pytest.raises(ConfigError, match="precision"):
         load_config(["debug"], ["precision=fp8"])
 
@@ -54,7 +59,7 @@ def make_model(kind: str):
     return model
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("kind", ["s3m", "rssm"])
 def test_step_mode_equals_observe_under_each_precision(kind: str, precision: str):
     model = make_model(kind)
@@ -84,10 +89,14 @@ def agent_and_batch(precision: str, world_model: str = "s3m"):
     return agent, batch
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("world_model", ["s3m", "rssm"])
-def test_bf16_mixed_computes_matmuls_in_bfloat16_and_keeps_the_rest_float32(world_model: str):
-    agent, batch = agent_and_batch("bf16-mixed", world_model)
-    assert agent.precision == "bf16-mixed"
+def test_mixed_precision_computes_matmuls_in_half_and_keeps_the_rest_float32(
+    world_model: str, precision: str
+):
+    agent, batch = agent_and_batch(precision, world_model)
+    assert agent.precision == precision
+    half = HALF[precision]
     seen: dict[str, torch.dtype] = {}
 
     def record(name: str):
@@ -107,8 +116,10 @@ def test_bf16_mixed_computes_matmuls_in_bfloat16_and_keeps_the_rest_float32(worl
     metrics = agent.train(batch)
     for hook in hooks:
         hook.remove()
-    assert seen == {"encoder": torch.bfloat16, "actor": torch.bfloat16, "critic": torch.bfloat16}
-    assert all(np.isfinite(value) for value in metrics.values())
+    assert seen == {"encoder": half, "actor": half, "critic": half}
+    # Under 16-mixed the first scaled gradients may overflow (their steps skipped, norms inf).
+    overflow_allowed = precision == "16-mixed"
+    assert all(np.isfinite(v) for k, v in metrics.items() if not (overflow_allowed and "grad_norm" in k))
     networks = [agent.world_model, agent.actor_critic]
     assert {p.dtype for net in networks for p in net.parameters()} == {torch.float32}
     assert {p.grad.dtype for net in networks for p in net.parameters() if p.grad is not None} == {
@@ -138,7 +149,7 @@ def test_bf16_mixed_computes_matmuls_in_bfloat16_and_keeps_the_rest_float32(worl
         assert state["h"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
 def test_every_precision_runs_a_debug_training(precision: str, tmp_path: Path):
     args = ["--preset", "debug", "train.steps=40", "train.prefill=20", "train.log_every=10"]
     args += ["env.options={max_steps: 16}"]
@@ -149,6 +160,51 @@ def test_every_precision_runs_a_debug_training(precision: str, tmp_path: Path):
         m["wm/total_loss"] for m in map(json.loads, open(logdir / "metrics.jsonl")) if "wm/total_loss" in m
     ]
     assert losses and np.isfinite(losses).all()
+    scales = [m.get("wm/loss_scale") for m in map(json.loads, open(logdir / "metrics.jsonl"))]
+    scales = [s for s in scales if s is not None]
+    assert bool(scales) == (precision == "16-mixed")  # logged where the losses are scaled
+    assert all(s > 0 for s in scales)
+
+
+def test_16_mixed_skips_an_overflowed_step_and_keeps_its_loss_scales():
+    agent, batch = agent_and_batch("16-mixed")
+    assert agent.scales_loss
+    assert not make_grad_scaler("bf16-mixed", CPU).is_enabled()
+    guard = UpdateGuard(agent, max_skipped=1)
+    for _ in range(3):  # the optimisers' moments, and the scales halved past early overflows
+        metrics, _ = guard.train(batch)
+        assert metrics is not None and metrics["wm/loss_scale"] <= 2.0**16
+    actor_scale = agent.actor_critic.actor_scaler.get_scale()
+    # A scale of 2^120 overflows float16's range (65504) in the scaled backward pass.
+    agent.world_model.scaler = make_grad_scaler("16-mixed", CPU)
+    agent.world_model.scaler.load_state_dict({**agent.world_model.scaler.state_dict(), "scale": 2.0**120})
+    before = {k: v.clone() for k, v in agent.world_model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in agent.world_model.opt.state.values()]
+    metrics, _ = guard.train(batch)
+    # The scaler skipped the world model's step: weights and moments as they were, the scale
+    # halved, the norm inf; not a fault, so the guard kept the update (the actor's and critic's
+    # steps, whose own scalers did not overflow, went through) and counts no skip.
+    assert metrics is not None and guard.skipped == 0
+    assert not np.isfinite(metrics["wm/grad_norm"]) and np.isfinite(metrics["wm/total_loss"])
+    assert metrics["wm/loss_scale"] == 2.0**119
+    for key, value in agent.world_model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    for moment, state in zip(moments, agent.world_model.opt.state.values()):
+        torch.testing.assert_close(state["exp_avg"], moment, rtol=0, atol=0)
+    assert np.isfinite(metrics["actor/grad_norm"]) and metrics["actor/loss_scale"] >= actor_scale
+    # The scales travel with the checkpoint; one from before the loss scalers still loads.
+    saved = agent.state_dict()
+    assert saved["loss_scalers"]["wm"]["scale"] == 2.0**119
+    fresh, _ = agent_and_batch("16-mixed")
+    fresh.load_state_dict(saved)
+    assert fresh.world_model.scaler.get_scale() == 2.0**119
+    older = {k: v for k, v in saved.items() if k != "loss_scalers"}
+    fresh, _ = agent_and_batch("16-mixed")
+    fresh.load_state_dict(older)
+    assert fresh.world_model.scaler.get_scale() == 2.0**16  # starts afresh
+    bf16, _ = agent_and_batch("bf16-mixed")
+    bf16.load_state_dict(saved)  # another precision: its pass-through scalers ignore the scales
+    assert not bf16.scales_loss
 
 
 @pytest.mark.parametrize("selective", [False, True])

@@ -90,6 +90,9 @@ class WorldModel(nn.Module, abc.ABC):
     # The context of `update`'s forward pass: mixed precision where the agent sets one
     # (agent/precision.py); the backward pass runs outside it.
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    # Loss scaling for `update` (set by the agent: agent.precision.make_grad_scaler); disabled,
+    # every call a pass-through, unless the precision is 16-mixed.
+    scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def __init__(self, obs_space: ObsSpace, action_dim: int, cfg: ModelConfig, head_dim: int):
         super().__init__()
@@ -339,10 +342,12 @@ class WorldModel(nn.Module, abc.ABC):
         self.track_rewards(batch["reward"])
         with self.autocast():
             post, losses, metrics, last_state = self.observe(batch, state)
-        losses["total"].backward()
+        self.scaler.scale(losses["total"]).backward()
         assert self._clip_sets, "update: the optimiser must come from make_optimizer"
+        self.scaler.unscale_(self.opt)  # clip the true gradients (a no-op without loss scaling)
         norms = [nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) for params in self._clip_sets]
-        self.opt.step()
+        self.scaler.step(self.opt)  # skipped by a loss scaler whose gradients overflowed
+        self.scaler.update()
         # A set without gradients has a 0-dim CPU norm, which `sum` (unlike `stack`) adds to CUDA ones.
         metrics["wm/grad_norm"] = float(sum(norm.square() for norm in norms) ** 0.5)
         detach = lambda s: {k: v.detach() for k, v in s.items()}  # noqa: E731
