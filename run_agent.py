@@ -725,6 +725,15 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+# glibc's malloc settings of `keep_freed_memory`: (mallopt parameter number, the environment
+# variable that sets the same in a process started with it, value).
+KEEP_FREED_MEMORY = (
+    (-3, "MALLOC_MMAP_THRESHOLD_", 32 * 2**20),  # M_MMAP_THRESHOLD: the largest value glibc accepts
+    (-1, "MALLOC_TRIM_THRESHOLD_", 2**30),  # M_TRIM_THRESHOLD
+    (-4, "MALLOC_MMAP_MAX_", 0),  # M_MMAP_MAX: no block is mmapped
+)
+
+
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
 
@@ -740,10 +749,8 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # glibc's mallopt parameter numbers
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # the largest value glibc accepts
-    libc.mallopt(m_trim_threshold, 2**30)
-    libc.mallopt(m_mmap_max, 0)
+    for parameter, _, value in KEEP_FREED_MEMORY:
+        libc.mallopt(parameter, value)
 
 
 def check_resume(cfg: Config, checkpoint: str, world: World) -> None:

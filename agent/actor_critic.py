@@ -35,12 +35,11 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
-from agent.precision import to_autocast_dtype
 from agent.returns import ReturnNormalizer, lambda_returns
 from configs.schema import AgentConfig
 from world_model.base import State, WorldModel
 from world_model.distributions import BoundedNormal, OneHotCategorical, TwoHot
-from world_model.networks import ActionHead, TwoHotHead
+from world_model.networks import ActionHead, TwoHotHead, to_autocast_dtype
 
 
 @contextlib.contextmanager

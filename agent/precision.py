@@ -99,16 +99,3 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     """
     assert precision in PRECISIONS[1:], f"make_grad_scaler: resolve {precision!r} first"
     return torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-
-
-def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
-    """Floating `x` in autocast's dtype where autocast is on, else `x` itself.
-
-    For a tensor that only Linear layers read (the actor's and critic's features): autocast
-    would cast it at every layer that reads it, so casting once gives the same numbers with one
-    copy instead of several, and stores it at half the size.
-    """
-    device_type = x.device.type
-    if x.is_floating_point() and torch.is_autocast_enabled(device_type):
-        return x.to(torch.get_autocast_dtype(device_type))
-    return x

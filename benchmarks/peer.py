@@ -98,12 +98,15 @@ PEER_WIDTHS = {
     "agent.layers": "mlp_layers",
     "agent.horizon": "horizon",
 }
-# run_agent.keep_freed_memory's mallopt values, as glibc's environment variables.
-MALLOC_TUNING = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(2**30),
-    "MALLOC_MMAP_MAX_": "0",
-}
+
+
+def malloc_env() -> dict[str, str]:
+    """run_agent.keep_freed_memory's malloc settings as glibc's environment variables, for both
+    sides (imported here, not at the top: importing this script must not import torch)."""
+    from run_agent import KEEP_FREED_MEMORY
+
+    return {variable: str(value) for _, variable, value in KEEP_FREED_MEMORY}
+
 
 # The driver, run by the peer's python as `driver.py WARMUP UPDATES THREADS OVERRIDE...`. It only
 # wraps sheeprl's functions in timers; sheeprl computes the update as it always does.
@@ -282,7 +285,7 @@ def width_mismatches(widths: dict[str, Any]) -> list[str]:
 def run_env(threads: int, malloc_tuning: bool) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if malloc_tuning:
-        env.update(MALLOC_TUNING)
+        env.update(malloc_env())
     return env
 
 

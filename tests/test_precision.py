@@ -236,7 +236,7 @@ def test_s5_projections_follow_autocast_only_with_mixed_projections(selective: b
 
 
 def test_to_autocast_dtype_casts_floats_under_autocast_only():
-    from agent.precision import to_autocast_dtype
+    from world_model.networks import to_autocast_dtype
 
     x, index = torch.randn(4, 3), torch.arange(4)
     assert to_autocast_dtype(x) is x

@@ -37,7 +37,15 @@ from torch import nn
 
 from configs.schema import ModelConfig
 from world_model.distributions import OneHotCategorical, kl_categorical
-from world_model.networks import BernoulliHead, MultiDecoder, MultiEncoder, ObsSpace, SymlogHead, TwoHotHead
+from world_model.networks import (
+    BernoulliHead,
+    MultiDecoder,
+    MultiEncoder,
+    ObsSpace,
+    SymlogHead,
+    TwoHotHead,
+    to_autocast_dtype,
+)
 from world_model.ssm import S5Layer
 
 State = dict[str, torch.Tensor]
@@ -162,14 +170,10 @@ class WorldModel(nn.Module, abc.ABC):
         return self._latent_dist(logits).sample().flatten(-2)
 
     def head_features(self, state: State) -> torch.Tensor:
-        """[h_t, z_t] (…, H + S·C) in h's dtype: what the decoder, reward and continue heads read.
-
-        Under bf16-mixed the S3M's h is bfloat16 (a Linear's output) and every head reads these
-        features through a Linear, which would cast them to bfloat16 anyway: one cat in h's dtype
-        gives the same numbers without a float32 copy per head.
-        """
-        h = state["h"]
-        return torch.cat([h, state["z"].to(h.dtype)], -1)
+        """[h_t, z_t] (…, H + S·C): what the decoder, reward and continue heads read; in
+        autocast's dtype under mixed precision (`to_autocast_dtype`: they read it through a
+        Linear first, which would cast it anyway), float32 otherwise."""
+        return torch.cat([to_autocast_dtype(state["h"]), to_autocast_dtype(state["z"])], -1)
 
     @property
     def reward_unit(self) -> torch.Tensor:

@@ -130,11 +130,9 @@ class TwoHot:
         """(..., K) float32 log-probabilities of the bins, computed when first read."""
         return F.log_softmax(self.logits, dim=-1)
 
-    @property
+    @functools.cached_property
     def probs(self) -> Tensor:
-        """(..., K) float32 bin probabilities."""
-        if "log_probs" in self.__dict__:
-            return self.log_probs.exp()
+        """(..., K) float32 bin probabilities, computed when first read."""
         return torch.softmax(self.logits, dim=-1)
 
     def mean(self) -> Tensor:

@@ -7,6 +7,7 @@
   through an MLP.
 - Heads: `TwoHotHead` (reward, critic), `SymlogHead` (reward, optional), `BernoulliHead`
   (continue), `ActionHead` (policy).
+- `to_autocast_dtype`: a tensor that only Linear layers read, cast once to autocast's dtype.
 
 Initialisation follows DreamerV3's `winit=normal, fan=avg`: truncated normal with variance
 1 / mean(fan_in, fan_out), biases zero. Every module accepts arbitrary leading axes `(...)`.
@@ -38,6 +39,19 @@ LN_EPS = 1e-3
 
 # Observation space as the envs describe it: key -> (shape, dtype).
 ObsSpace = Mapping[str, tuple[Sequence[int], Any]]
+
+
+def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Floating `x` in autocast's dtype where autocast is on, else `x` itself.
+
+    For a tensor that only Linear layers read (the actor's and critic's features, the heads'
+    [h, z]): autocast would cast it at every layer that reads it, so casting once gives the same
+    numbers with one copy instead of several, and stores it at half the size.
+    """
+    device_type = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
 
 
 def init_weights_(module: nn.Module, scale: float = 1.0) -> None:
