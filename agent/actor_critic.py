@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from agent.returns import ReturnNormalizer, lambda_returns
 from configs.schema import AgentConfig
-from world_model.base import State, WorldModel
+from world_model.base import HEAD_KEYS, State, WorldModel
 from world_model.distributions import BoundedNormal, OneHotCategorical, TwoHot
 from world_model.networks import ActionHead, TwoHotHead, to_autocast_dtype
 
@@ -165,7 +165,8 @@ class ActorCritic(nn.Module):
         """H imagined steps from `start` (leading (N,)) with the actor.
 
         Returns:
-            traj: states 0..H and the action taken at each, leading (H + 1, N).
+            traj: states 0..H (the heads' keys, `HEAD_KEYS`) and the action taken at each,
+                leading (H + 1, N).
             feats: (H + 1, N, F) features of those states (float32, bfloat16 under bf16-mixed),
                 with a graph through the world model where gradients are enabled (dynamics backprop).
             logpi: (H + 1, N) float32 log π(a_t | sg(s_t)), with a graph to the actor's parameters.
@@ -189,7 +190,9 @@ class ActorCritic(nn.Module):
             feats.append(f)
             return action
 
-        traj = world_model.imagine(start, act, self.cfg.horizon)
+        # The trajectory keeps what the reward and continue heads read; the actor and critic
+        # read `feats`, built per step above.
+        traj = world_model.imagine(start, act, self.cfg.horizon, keep=HEAD_KEYS)
         assert len(feats) == self.cfg.horizon + 1, "world_model.imagine must call the policy once per state"
         with torch.enable_grad():
             return traj, torch.stack(feats), torch.stack(logpi), torch.stack(entropy)

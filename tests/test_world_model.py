@@ -7,7 +7,7 @@ from world_model_data import DICT, IMAGE, VECTOR, A, deterministic_latents, make
 
 from configs import load_config
 from world_model import S3M
-from world_model.base import stack_states
+from world_model.base import HEAD_KEYS, stack_states
 
 
 def make_model(obs_space, **overrides):
@@ -101,6 +101,15 @@ def test_imagine_shapes_and_no_reset():
     torch.testing.assert_close(reward, model.reward(traj))
     torch.testing.assert_close(cont, model.cont(traj))
     assert reward.requires_grad and not cont.requires_grad
+    # `keep` drops the other keys from the trajectory, not from what the policy sees.
+    seen = []
+    torch.manual_seed(1)
+    heads = model.imagine(start, lambda s: seen.append(sorted(s)) or policy(s), horizon=4, keep=HEAD_KEYS)
+    torch.manual_seed(1)
+    full = model.imagine(start, policy, horizon=4)
+    assert sorted(heads) == sorted([*HEAD_KEYS, "action"]) and all("x" in keys for keys in seen)
+    for key in heads:
+        torch.testing.assert_close(heads[key], full[key], rtol=0, atol=0)
 
 
 def _grad_norm(loss, params):

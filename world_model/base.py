@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -73,6 +73,10 @@ def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[st
             tensor = tensor.float()
         out[key] = tensor.to(device, non_blocking=True)
     return out
+
+
+# The state keys the decoder, reward and continue heads read (`WorldModel.head_features`).
+HEAD_KEYS = ("h", "z")
 
 
 def stack_states(states: list[State], dim: int = 0) -> State:
@@ -173,7 +177,7 @@ class WorldModel(nn.Module, abc.ABC):
         """[h_t, z_t] (…, H + S·C): what the decoder, reward and continue heads read; in
         autocast's dtype under mixed precision (`to_autocast_dtype`: they read it through a
         Linear first, which would cast it anyway), float32 otherwise."""
-        return torch.cat([to_autocast_dtype(state["h"]), to_autocast_dtype(state["z"])], -1)
+        return torch.cat([to_autocast_dtype(state[key]) for key in HEAD_KEYS], -1)
 
     @property
     def reward_unit(self) -> torch.Tensor:
@@ -379,27 +383,39 @@ class WorldModel(nn.Module, abc.ABC):
         embed = self.encoder(obs)  # (B, E)
         return self._obs_step(state, embed, is_first)
 
-    def imagine(self, start: State, policy: Callable[[State], torch.Tensor], horizon: int) -> State:
+    def imagine(
+        self,
+        start: State,
+        policy: Callable[[State], torch.Tensor],
+        horizon: int,
+        keep: Iterable[str] | None = None,
+    ) -> State:
         """Roll the prior forward from `start` with actions from `policy`.
 
         Args:
             start: leading (N,), e.g. every posterior step of a batch flattened.
-            policy: state (leading (N,)) -> action (N, A).
+            policy: state (leading (N,)) -> action (N, A); it sees every key of every state.
             horizon: imagined steps.
+            keep: the state keys the trajectory holds (default all `state_keys`). The
+                actor-critic keeps `HEAD_KEYS`: what the policy needs it reads per step, and
+                stacking the S3M's x (K·P complex per start) would only copy it once more.
 
         Returns:
-            trajectory with leading (horizon + 1, N): the start and imagined states, and `action`,
-            the action taken at each of them (the last one too, for the actor's loss).
+            trajectory with leading (horizon + 1, N): the start and imagined states (the `keep`
+            keys), and `action`, the action taken at each of them (the last one too, for the
+            actor's loss).
         """
         state = {k: start[k] for k in self.state_keys}
+        keep = self.state_keys if keep is None else tuple(keep)
+        assert set(keep) <= set(self.state_keys), f"imagine: keep {keep} not in {self.state_keys}"
         states, actions = [], []
         with self.fixed_step_weights():
             for _ in range(horizon):
                 action = policy(state)
-                states.append(state)
+                states.append({k: state[k] for k in keep})
                 actions.append(action)
                 state = self._img_step(state, action)
-        states.append(state)
+        states.append({k: state[k] for k in keep})
         actions.append(policy(state))
         traj = stack_states(states)
         traj["action"] = torch.stack(actions)
