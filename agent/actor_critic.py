@@ -39,7 +39,7 @@ from agent.returns import ReturnNormalizer, lambda_returns
 from configs.schema import AgentConfig
 from world_model.base import HEAD_KEYS, State, WorldModel
 from world_model.distributions import BoundedNormal, OneHotCategorical, TwoHot
-from world_model.networks import ActionHead, TwoHotHead, to_autocast_dtype
+from world_model.networks import ActionHead, TwoHotHead
 
 
 @contextlib.contextmanager
@@ -177,8 +177,9 @@ class ActorCritic(nn.Module):
         entropy: list[Tensor] = []
 
         def act(state: State) -> Tensor:
-            # Cast once: the actor, critic and slow critic each read f through a Linear first.
-            f = to_autocast_dtype(world_model.features(state, self.policy_input))  # (N, F)
+            # In autocast's dtype already (cast once: the actor, critic and slow critic each read
+            # f through a Linear first).
+            f = world_model.features(state, self.policy_input)  # (N, F)
             # The actor reads sg(s) (DreamerV3): its loss must not shape the world model's states.
             # Its distribution keeps a graph to the actor's parameters even while imagination runs
             # under no_grad, so the actor loss reuses it instead of running the actor again.

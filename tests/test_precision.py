@@ -117,6 +117,12 @@ def test_mixed_precision_computes_matmuls_in_half_and_keeps_the_rest_float32(
     for hook in hooks:
         hook.remove()
     assert seen == {"encoder": half, "actor": half, "critic": half}
+    # The features actor and critic read: cast once under autocast, float32 without.
+    start = agent.world_model.initial_state(2)
+    for policy_input in ("output", "hidden", "full"):
+        with agent.autocast():
+            assert agent.world_model.features(start, policy_input).dtype == half
+        assert agent.world_model.features(start, policy_input).dtype == torch.float32
     # Under 16-mixed the first scaled gradients may overflow (their steps skipped, norms inf).
     overflow_allowed = precision == "16-mixed"
     assert all(np.isfinite(v) for k, v in metrics.items() if not (overflow_allowed and "grad_norm" in k))

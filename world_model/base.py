@@ -160,7 +160,8 @@ class WorldModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def features(self, state: Mapping[str, torch.Tensor], policy_input: str) -> torch.Tensor:
-        """What actor and critic read (…, F) for `policy_input` (`output`, `hidden`, `full`)."""
+        """What actor and critic read (…, F) for `policy_input` (`output`, `hidden`, `full`): in
+        autocast's dtype under mixed precision (`to_autocast_dtype`), float32 otherwise."""
 
     # ----- pieces the subclasses share -------------------------------------------------------
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from configs.schema import ModelConfig, RSSMConfig
 from world_model.base import ObsSpace, State, WorldModel
-from world_model.networks import LN_EPS, MLP, init_weights_
+from world_model.networks import LN_EPS, MLP, init_weights_, to_autocast_dtype
 
 
 class NormGRUCell(nn.Module):
@@ -237,6 +237,7 @@ class RSSM(WorldModel):
 
     def features(self, state: Mapping[str, torch.Tensor], policy_input: str) -> torch.Tensor:
         """What actor and critic read (…, S·C + H): (z, h) for every `policy_input` (DV3 reads
-        [deter, stoch]; the RSSM has no x, so `hidden` and `full` fall back to the output state)."""
+        [deter, stoch]; the RSSM has no x, so `hidden` and `full` fall back to the output state).
+        In autocast's dtype under mixed precision, as the S3M's."""
         assert policy_input in ("output", "hidden", "full"), f"unknown policy_input {policy_input!r}"
-        return torch.cat([state["z"], state["h"]], -1)
+        return torch.cat([to_autocast_dtype(state["z"]), to_autocast_dtype(state["h"])], -1)

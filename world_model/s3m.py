@@ -26,7 +26,7 @@ from torch import nn
 
 from configs.schema import ModelConfig, S3MConfig
 from world_model.base import ObsSpace, State, WorldModel
-from world_model.networks import LN_EPS, MLP, init_weights_
+from world_model.networks import LN_EPS, MLP, init_weights_, to_autocast_dtype
 from world_model.ssm import SSMStack
 
 
@@ -141,12 +141,15 @@ class S3M(WorldModel):
         """What actor and critic read (…, F): output (z, h), hidden (z, x) or full (z, h, x).
 
         x enters as its real and imaginary parts, every layer's state flattened (2·K·P floats).
+        Under mixed precision the parts are cast to autocast's dtype before they are joined (the
+        actor and critic read them through a Linear first): one copy, not a float32 one and then
+        a cast; float32 otherwise.
         """
-        z = state["z"]
+        z, h = to_autocast_dtype(state["z"]), to_autocast_dtype(state["h"])
         if policy_input == "output":
-            return torch.cat([z, state["h"]], -1)
-        x = torch.view_as_real(state["x"]).flatten(-3)  # (…, K·P·2)
+            return torch.cat([z, h], -1)
+        x = to_autocast_dtype(torch.view_as_real(state["x"]).flatten(-3))  # (…, K·P·2)
         if policy_input == "hidden":
             return torch.cat([z, x], -1)
         assert policy_input == "full", f"unknown policy_input {policy_input!r}"
-        return torch.cat([z, state["h"], x], -1)
+        return torch.cat([z, h, x], -1)
