@@ -167,7 +167,8 @@ class ActorCritic(nn.Module):
         Returns:
             traj: states 0..H (the heads' keys, `HEAD_KEYS`) and the action taken at each,
                 leading (H + 1, N).
-            feats: (H + 1, N, F) features of those states (float32, bfloat16 under bf16-mixed),
+            feats: (H + 1, N, F) features of those states (float32; autocast's dtype under mixed
+                precision),
                 with a graph through the world model where gradients are enabled (dynamics backprop).
             logpi: (H + 1, N) float32 log π(a_t | sg(s_t)), with a graph to the actor's parameters.
             entropy: (H + 1, N) float32 entropy of π(· | sg(s_t)), likewise.
@@ -310,7 +311,8 @@ class ActorCritic(nn.Module):
 
         Args:
             dist: the critic's distribution (batch (H, N)) with a graph to its parameters.
-            feats: (H, N, F) detached features (float32, bfloat16 under bf16-mixed), for the slow critic.
+            feats: (H, N, F) detached features (float32; autocast's dtype under mixed precision),
+                for the slow critic.
             target: (H, N) float32 detached λ-returns.
             weight: (H, N) float32 detached loss weights.
 
