@@ -168,8 +168,8 @@ class ActorCritic(nn.Module):
             traj: states 0..H (the heads' keys, `HEAD_KEYS`) and the action taken at each,
                 leading (H + 1, N).
             feats: (H + 1, N, F) features of those states (float32; autocast's dtype under mixed
-                precision),
-                with a graph through the world model where gradients are enabled (dynamics backprop).
+                precision), with a graph through the world model where gradients are enabled
+                (dynamics backprop).
             logpi: (H + 1, N) float32 log π(a_t | sg(s_t)), with a graph to the actor's parameters.
             entropy: (H + 1, N) float32 entropy of π(· | sg(s_t)), likewise.
         """
